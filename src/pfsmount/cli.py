@@ -1,0 +1,210 @@
+"""The `pfsmount` command line; everything it prints goes through one Console."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from pfsmount import __version__
+from pfsmount.console import Console, ConsoleLogHandler
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+log = logging.getLogger(__name__)
+
+
+def _default_data_dir() -> str:
+    return os.environ.get("PFSMOUNT_DATA", "./data")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="pfsmount",
+        description="Run Pachyderm-style datum-batching pipelines over a lazy FUSE /pfs.",
+    )
+    p.add_argument("--version", action="version", version=f"pfsmount {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run a pipeline over its datums")
+    run.add_argument("spec", help="pipeline spec (YAML or JSON, Pachyderm's format)")
+    _data_arg(run)
+    run.add_argument("--mountpoint", default="/pfs",
+                     help="where to mount the datum view (default: /pfs)")
+    run.add_argument("--port", type=int, default=0,
+                     help="gRPC port for NextDatum on 127.0.0.1 (default: a free one)")
+    run.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+    ls = sub.add_parser("list-datums", help="print the datums a pipeline would process")
+    ls.add_argument("spec")
+    _data_arg(ls)
+    ls.add_argument("--json", action="store_true", help="one JSON record per line")
+
+    nd = sub.add_parser("next-datum",
+                        help="(inside user code) finish this datum and wait for the next; "
+                             "exit 0 = ready, 3 = no more datums, 1 = error")
+    nd.add_argument("--error", default="", help="report the current datum as failed")
+    return p
+
+
+def _data_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", default=None, metavar="DIR",
+                   help="directory holding one directory per repo "
+                        "(default: $PFSMOUNT_DATA or ./data)")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["next-datum"]:
+        # The hot path of shell loops: skip argparse setup of every other command.
+        from pfsmount.shims import next_datum_main
+
+        return next_datum_main(argv[1:])
+    args = build_parser().parse_args(argv)
+    console = Console()
+    _setup_logging(console, verbose=getattr(args, "verbose", False))
+    if args.command is None:
+        build_parser().print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        if args.command == "run":
+            return _cmd_run(args, console)
+        if args.command == "list-datums":
+            return _cmd_list_datums(args, console)
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    return EXIT_USAGE
+
+
+def _setup_logging(console: Console, *, verbose: bool) -> None:
+    handler = ConsoleLogHandler(console)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    # pyfuse3 logs every ENOENT at debug level; noise unless asked for.
+    logging.getLogger("pyfuse3").setLevel(logging.DEBUG if verbose else logging.WARNING)
+
+
+def _load(args: argparse.Namespace, console: Console):
+    """Spec, repos and datums, or None after printing why not."""
+    from pfsmount.datums import expand, open_repos
+    from pfsmount.spec import SpecError, load_spec
+    from pfsmount.store.local import StoreError
+
+    data_dir = os.path.abspath(args.data or _default_data_dir())
+    try:
+        spec = load_spec(args.spec)
+    except SpecError as exc:
+        console.error(str(exc))
+        return None
+    for warning in spec.warnings:
+        console.warn(warning)
+    if not os.path.isdir(data_dir):
+        console.error(f"data directory {data_dir} does not exist (pass --data DIR, the directory "
+                      "that holds one directory per repo, or set PFSMOUNT_DATA)")
+        return None
+    try:
+        repos = open_repos(spec.input, data_dir)
+        datums = expand(spec.input, repos)
+    except (SpecError, StoreError) as exc:
+        console.error(str(exc))
+        return None
+    return spec, repos, datums, data_dir
+
+
+def _cmd_list_datums(args: argparse.Namespace, console: Console) -> int:
+    loaded = _load(args, console)
+    if loaded is None:
+        return EXIT_USAGE
+    _spec, _repos, datums, _data = loaded
+    out = sys.stdout
+    for d in datums:
+        if args.json:
+            record = {"id": d.id, "inputs": [
+                {"name": i.name, "repo": i.repo, "branch": i.branch, "path": i.path}
+                for i in d.inputs]}
+            out.write(json.dumps(record) + "\n")
+        else:
+            out.write(d.id + "  " + "  ".join(f"{i.name}:{i.path}" for i in d.inputs) + "\n")
+    return EXIT_OK
+
+
+def _cmd_run(args: argparse.Namespace, console: Console) -> int:
+    import trio
+
+    from pfsmount.run import RunError, RunOptions, run_job
+
+    loaded = _load(args, console)
+    if loaded is None:
+        return EXIT_USAGE
+    spec, repos, datums, data_dir = loaded
+    if spec.name in repos:
+        console.error(f"{spec.source}: pipeline.name: '{spec.name}' is also an input repo; the "
+                      "output repo would overwrite it (rename the pipeline)")
+        return EXIT_USAGE
+    if not spec.transform.datum_batching:
+        console.error(f"{spec.source}: transform.datum_batching: running the cmd once per datum "
+                      "is not supported yet; set `datum_batching: true` and call NextDatum "
+                      "from your code")
+        return EXIT_USAGE
+    if not datums:
+        console.warn("the input matched no datums; the output will be empty")
+    workdir = _workdir(args.spec, spec.transform.working_dir)
+    if not os.path.isdir(workdir):
+        console.error(f"{spec.source}: transform.working_dir: {workdir} is not a directory")
+        return EXIT_USAGE
+    opts = RunOptions(data_dir=data_dir, workdir=workdir,
+                      mountpoint=os.path.abspath(args.mountpoint), port=args.port)
+    console.info(f"{len(datums)} datums; mounting {opts.mountpoint}; running "
+                 f"{' '.join(spec.transform.cmd)}")
+    try:
+        report = trio.run(run_job, spec, repos, datums, opts, console)
+    except RunError as exc:
+        console.error(str(exc))
+        return EXIT_USAGE
+    return _summarize(report, console)
+
+
+def _workdir(spec_path: str, working_dir: str | None) -> str:
+    """Where user code starts: `working_dir`, relative to the spec's own directory.
+
+    Off Kubernetes there is no image WORKDIR; the spec's directory plays that part, so a
+    pipeline and its scripts can live side by side and run from anywhere.
+    """
+    spec_dir = os.path.dirname(os.path.abspath(spec_path))
+    return os.path.normpath(os.path.join(spec_dir, working_dir or "."))
+
+
+def _summarize(report, console: Console) -> int:
+    from pfsmount.worker import DatumState
+
+    ok = report.count(DatumState.SUCCESS)
+    failed = report.count(DatumState.FAILED)
+    unrun = len(report.records) - ok - failed
+    rate = ok / report.seconds if report.seconds > 0 else 0.0
+    for problem in report.problems:
+        console.error(problem)
+    for rec in [r for r in report.records if r.state is DatumState.FAILED][:20]:
+        inputs = ", ".join(f"{i.name}:{i.path}" for i in rec.datum.inputs)
+        console.error(f"datum {rec.datum.id[:12]} ({inputs}) failed: {rec.error}")
+    if failed > 20:
+        console.error(f"... and {failed - 20} more failed datums")
+    verdict = {"success": "succeeded", "failed": "FAILED", "killed": "was KILLED"}[report.outcome]
+    console.info(
+        f"job {report.job_id[:12]} {verdict}: {ok} datums processed, {failed} failed"
+        + (f", {unrun} not run" if unrun else "")
+        + f", in {report.seconds:.1f}s ({rate:.1f} datums/s)"
+    )
+    if report.outcome == "killed":
+        console.info(f"output repo {report.output_dir} left unchanged; the outputs of finished "
+                     f"datums are in {report.staged_dir} until the next run")
+        return EXIT_INTERRUPTED
+    console.info(f"output: {report.output_dir}")
+    return EXIT_OK if report.outcome == "success" else EXIT_FAILED

@@ -1,0 +1,119 @@
+"""The one place pfsmount talks to the person running it.
+
+Messages, the user program's own output and the progress display all go through a
+`Console`, so that on a terminal the progress line is cleared before anything else is
+printed and redrawn after; when output is not a terminal, progress is a plain line every
+few seconds instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from typing import TextIO
+
+PLAIN_PROGRESS_EVERY = 5.0  # seconds between progress lines when not on a terminal
+
+
+def _fmt_duration(seconds: float) -> str:
+    seconds = int(seconds)
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+class Console:
+    """Writes messages, user output and progress without mixing them up."""
+
+    def __init__(
+        self, err: TextIO | None = None, out: TextIO | None = None, tty: bool | None = None
+    ) -> None:
+        self.err = err or sys.stderr
+        self.out = out or sys.stdout
+        self.tty = self.err.isatty() if tty is None else tty
+        self._bar = ""
+        self._total = 0
+        self._start = 0.0
+        self._last_plain = 0.0
+
+    # ----- messages -------------------------------------------------------------------
+
+    def info(self, msg: str) -> None:
+        self._write(self.err, f"pfsmount: {msg}\n")
+
+    def warn(self, msg: str) -> None:
+        self._write(self.err, f"pfsmount: warning: {msg}\n")
+
+    def error(self, msg: str) -> None:
+        self._write(self.err, f"pfsmount: error: {msg}\n")
+
+    def user_line(self, stream: str, line: bytes) -> None:
+        """One line the user program wrote, passed through to our stdout or stderr."""
+        target = self.out if stream == "stdout" else self.err
+        self._write(target, line.decode(errors="replace") + "\n")
+
+    def _write(self, target: TextIO, text: str) -> None:
+        if self._bar:
+            self.err.write("\r\x1b[2K")
+        target.write(text)
+        target.flush()
+        if self._bar:
+            self.err.write(self._bar)
+            self.err.flush()
+
+    # ----- progress -------------------------------------------------------------------
+
+    def start_progress(self, total: int) -> None:
+        self._total = total
+        self._start = time.monotonic()
+        self._last_plain = self._start
+        self.progress(0, 0)
+
+    def progress(self, done: int, failed: int) -> None:
+        elapsed = time.monotonic() - self._start
+        rate = done / elapsed if elapsed > 0 else 0.0
+        eta = (self._total - done) / rate if rate > 0 else None
+        text = (
+            f"{done}/{self._total} datums"
+            + (f", {failed} failed" if failed else "")
+            + f"  {rate:.1f}/s"
+            + (f"  ETA {_fmt_duration(eta)}" if eta is not None and done < self._total else "")
+        )
+        if self.tty:
+            width = 24
+            filled = int(width * done / self._total) if self._total else width
+            self._bar = f"[{'#' * filled}{'.' * (width - filled)}] {text}"
+            self.err.write("\r\x1b[2K" + self._bar)
+            self.err.flush()
+            return
+        now = time.monotonic()
+        if now - self._last_plain >= PLAIN_PROGRESS_EVERY or done == self._total:
+            self._last_plain = now
+            self.info(text)
+
+    def end_progress(self) -> None:
+        if self._bar:
+            self.err.write("\r\x1b[2K")
+            self.err.flush()
+            self._bar = ""
+
+
+class ConsoleLogHandler(logging.Handler):
+    """Routes log records through the console so they never tear the progress line."""
+
+    def __init__(self, console: Console, level: int = logging.NOTSET) -> None:
+        super().__init__(level)
+        self.console = console
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            msg = self.format(record)
+            if record.levelno >= logging.ERROR:
+                self.console.error(msg)
+            elif record.levelno >= logging.WARNING:
+                self.console.warn(msg)
+            else:
+                self.console.info(msg)
+        except Exception:
+            self.handleError(record)

@@ -1,0 +1,605 @@
+"""The pyfuse3 Operations behind /pfs: the root, the current view, /pfs/out and /pfs/.env.
+
+Swapping datums is one assignment on the trio thread (`show`). Only the root's entries
+change meaning; they are answered with an entry timeout of zero, so the kernel asks again
+on every path walk and can never keep a name that points into an old datum. Everything
+below the root belongs to an immutable view with inode numbers of its own, so it is cached
+for long. A path resolution therefore meets exactly one datum: the root hands out one
+view's inode, and every further step stays inside that view, even if a swap happens in
+between. Views stay alive until the kernel forgets their inodes and closes their handles.
+"""
+
+from __future__ import annotations
+
+import bisect
+import errno
+import functools
+import logging
+import os
+import stat
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import pyfuse3
+
+from pfsmount import _linux
+from pfsmount.outdir import OutTree
+from pfsmount.view import DIR_MODE, InodeAllocator, Node, View, empty_view
+
+log = logging.getLogger(__name__)
+
+ROOT = pyfuse3.ROOT_INODE
+OUT = b"out"
+VIEW_TIMEOUT = 3600.0  # a view never changes, so the kernel may keep what it learns
+OUT_TIMEOUT = 1.0  # /pfs/out changes only through us; a short timeout keeps it cheap
+READ_ONLY = errno.EROFS
+STALE = errno.ESTALE  # an /pfs/out handle whose datum has already ended
+
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+
+def guarded(fn: F) -> F:
+    """Turn every failure of a handler into a FUSEError.
+
+    pyfuse3 leaves the kernel request unanswered if a handler raises anything else, and
+    the mount hangs; an unexpected bug must cost one EIO, never the whole mount.
+    """
+
+    @functools.wraps(fn)
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return await fn(*args, **kwargs)
+        except pyfuse3.FUSEError:
+            raise
+        except OSError as exc:
+            raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
+        except Exception:
+            log.exception("internal error in FUSE handler %s", fn.__name__)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@dataclass(slots=True)
+class Handle:
+    """An open file or directory."""
+
+    fd: int = -1
+    data: bytes | None = None
+    view: View | None = None
+    out: OutTree | None = None
+    listing: list[tuple[bytes, int]] | None = None  # directory snapshot: (name, inode)
+
+
+@dataclass
+class Stats:
+    """Counters the tests and the benchmark read to prove laziness."""
+
+    content_opens: int = 0
+    bytes_read: int = 0
+
+
+@dataclass
+class _Live:
+    """Views and output trees the kernel may still reference."""
+
+    views: list[View] = field(default_factory=list)  # sorted by base
+    bases: list[int] = field(default_factory=list)
+    outs: list[OutTree] = field(default_factory=list)
+
+
+class PfsOperations(pyfuse3.Operations):
+    """Serves /pfs. Only `show` changes what the root presents."""
+
+    enable_writeback_cache = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inodes = InodeAllocator()
+        self.stats = Stats()
+        self._live = _Live()
+        self._current = empty_view(self.inodes)
+        self._out: OutTree | None = None
+        self._root_mtime = time.time_ns()
+        self._handles: dict[int, Handle] = {}
+        self._next_fh = 1
+        self._uid = os.getuid()
+        self._gid = os.getgid()
+        self._add_view(self._current)
+
+    # ----- swapping -------------------------------------------------------------------
+
+    def show(self, view: View, out: OutTree | None) -> None:
+        """Make /pfs present `view` and `out` from the next request on."""
+        old = self._current
+        self._add_view(view)
+        if out is not None:
+            self._live.outs.append(out)
+        self._current, self._out = view, out
+        self._root_mtime = time.time_ns()
+        old.retired = True
+        self._reap_view(old)
+        self._reap_outs()
+
+    @property
+    def live_views(self) -> int:
+        return len(self._live.views)
+
+    def _add_view(self, view: View) -> None:
+        self._live.views.append(view)
+        self._live.bases.append(view.base)
+
+    def _reap_view(self, view: View) -> None:
+        if not view.idle:
+            return
+        i = bisect.bisect_left(self._live.bases, view.base)
+        if i < len(self._live.views) and self._live.views[i] is view:
+            del self._live.views[i]
+            del self._live.bases[i]
+
+    def _reap_outs(self) -> None:
+        self._live.outs = [
+            t for t in self._live.outs
+            if t is self._out or t.lookup_count() > 0 or self._has_handles(t)
+        ]
+
+    def _has_handles(self, tree: OutTree) -> bool:
+        return any(h.out is tree for h in self._handles.values())
+
+    # ----- finding inodes -------------------------------------------------------------
+
+    def _view_of(self, inode: int) -> View | None:
+        i = bisect.bisect_right(self._live.bases, inode) - 1
+        if i >= 0:
+            view = self._live.views[i]
+            if inode in view:
+                return view
+        return None
+
+    def _out_of(self, inode: int) -> OutTree | None:
+        for tree in reversed(self._live.outs):
+            if inode in tree:
+                return tree
+        return None
+
+    def _writable(self, inode: int) -> OutTree:
+        """The output tree `inode` belongs to, or the error a write there deserves."""
+        tree = self._out_of(inode)
+        if tree is None:
+            raise pyfuse3.FUSEError(READ_ONLY)
+        if tree.closed:
+            raise pyfuse3.FUSEError(STALE)
+        return tree
+
+    # ----- attributes -----------------------------------------------------------------
+
+    def _root_attr(self) -> pyfuse3.EntryAttributes:
+        a = pyfuse3.EntryAttributes()
+        a.st_ino = ROOT
+        a.st_mode = DIR_MODE | 0o200 if self._out else DIR_MODE
+        a.st_nlink = 2 + len(self._current.top) + (1 if self._out else 0)
+        a.st_uid, a.st_gid = self._uid, self._gid
+        a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = self._root_mtime
+        a.attr_timeout = 0
+        a.entry_timeout = 0
+        return a
+
+    def _node_attr(self, inode: int, node: Node, *, at_root: bool) -> pyfuse3.EntryAttributes:
+        a = pyfuse3.EntryAttributes()
+        a.st_ino = inode
+        a.st_mode = node.mode
+        a.st_nlink = node.nlink
+        a.st_size = node.size
+        a.st_blocks = (node.size + 511) // 512
+        a.st_blksize = 128 * 1024
+        a.st_uid, a.st_gid = self._uid, self._gid
+        a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = node.mtime_ns
+        a.attr_timeout = VIEW_TIMEOUT
+        # A root entry's name moves to another datum at the next swap.
+        a.entry_timeout = 0 if at_root else VIEW_TIMEOUT
+        return a
+
+    def _stat_attr(
+        self, inode: int, st: os.stat_result, *, at_root: bool
+    ) -> pyfuse3.EntryAttributes:
+        a = pyfuse3.EntryAttributes()
+        a.st_ino = inode
+        a.st_mode = st.st_mode
+        a.st_nlink = st.st_nlink
+        a.st_size = st.st_size
+        a.st_blocks = st.st_blocks
+        a.st_blksize = st.st_blksize
+        a.st_uid, a.st_gid = st.st_uid, st.st_gid
+        a.st_rdev = st.st_rdev
+        a.st_atime_ns, a.st_mtime_ns, a.st_ctime_ns = st.st_atime_ns, st.st_mtime_ns, st.st_ctime_ns
+        a.attr_timeout = 0 if at_root else OUT_TIMEOUT
+        a.entry_timeout = 0 if at_root else OUT_TIMEOUT
+        return a
+
+    def _out_root_attr(self, tree: OutTree) -> pyfuse3.EntryAttributes:
+        return self._stat_attr(tree.root_inode, os.lstat(tree.staging), at_root=True)
+
+    def _remember_out(self, tree: OutTree, parent: int, name: bytes) -> pyfuse3.EntryAttributes:
+        st = os.lstat(tree.child_path(parent, name))
+        inode = tree.remember(parent, name, st)
+        return self._stat_attr(inode, st, at_root=False)
+
+    # ----- lookups and metadata -------------------------------------------------------
+
+    @guarded
+    async def lookup(
+        self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        if parent_inode == ROOT:
+            return self._lookup_root(name)
+        view = self._view_of(parent_inode)
+        if view is not None:
+            node = view.node(parent_inode)
+            if node.children is None:
+                raise pyfuse3.FUSEError(errno.ENOTDIR)
+            child = node.children.get(name)
+            if child is None:
+                raise pyfuse3.FUSEError(errno.ENOENT)
+            view.lookups += 1
+            return self._node_attr(child, view.node(child), at_root=False)
+        tree = self._out_of(parent_inode)
+        if tree is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return self._remember_out(tree, parent_inode, name)
+
+    def _lookup_root(self, name: bytes) -> pyfuse3.EntryAttributes:
+        if name == OUT and self._out is not None:
+            tree = self._out
+            tree.remember_root()
+            return self._out_root_attr(tree)
+        child = self._current.top.get(name)
+        if child is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        self._current.lookups += 1
+        return self._node_attr(child, self._current.node(child), at_root=True)
+
+    @guarded
+    async def forget(self, inode_list: list[tuple[int, int]]) -> None:
+        for inode, nlookup in inode_list:
+            view = self._view_of(inode)
+            if view is not None:
+                view.lookups -= nlookup
+                self._reap_view(view)
+                continue
+            tree = self._out_of(inode)
+            if tree is not None:
+                tree.forget(inode, nlookup)
+        if inode_list:
+            self._reap_outs()
+
+    @guarded
+    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        if inode == ROOT:
+            return self._root_attr()
+        view = self._view_of(inode)
+        if view is not None:
+            return self._node_attr(inode, view.node(inode), at_root=inode in view.top.values())
+        tree = self._out_of(inode)
+        if tree is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return self._stat_attr(inode, os.lstat(tree.path(inode)),
+                               at_root=inode == tree.root_inode)
+
+    @guarded
+    async def setattr(
+        self,
+        inode: int,
+        attr: pyfuse3.EntryAttributes,
+        fields: pyfuse3.SetattrFields,
+        fh: int | None,
+        ctx: pyfuse3.RequestContext,
+    ) -> pyfuse3.EntryAttributes:
+        tree = self._writable(inode)
+        path = tree.path(inode)
+        handle = self._handles.get(fh) if fh is not None else None
+        if fields.update_size:
+            if handle is not None and handle.fd >= 0:
+                os.ftruncate(handle.fd, attr.st_size)
+            else:
+                os.truncate(path, attr.st_size)
+        if fields.update_mode and not stat.S_ISLNK(os.lstat(path).st_mode):
+            os.chmod(path, stat.S_IMODE(attr.st_mode))
+        if fields.update_uid or fields.update_gid:
+            uid = attr.st_uid if fields.update_uid else -1
+            gid = attr.st_gid if fields.update_gid else -1
+            os.lchown(path, uid, gid)
+        if fields.update_atime or fields.update_mtime:
+            st = os.lstat(path)
+            atime = attr.st_atime_ns if fields.update_atime else st.st_atime_ns
+            mtime = attr.st_mtime_ns if fields.update_mtime else st.st_mtime_ns
+            os.utime(path, ns=(atime, mtime), follow_symlinks=False)
+        return self._stat_attr(inode, os.lstat(path), at_root=inode == tree.root_inode)
+
+    @guarded
+    async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
+        view = self._view_of(inode)
+        if view is not None:
+            node = view.node(inode)
+            if node.source is None or not stat.S_ISLNK(node.mode):
+                raise pyfuse3.FUSEError(errno.EINVAL)
+            return os.fsencode(os.readlink(node.source))
+        tree = self._out_of(inode)
+        if tree is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return os.fsencode(os.readlink(tree.path(inode)))
+
+    @guarded
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        s = pyfuse3.StatvfsData()
+        target = self._out.staging if self._out is not None else "/"
+        st = os.statvfs(target)
+        s.f_bsize, s.f_frsize = st.f_bsize, st.f_frsize
+        s.f_blocks, s.f_bfree, s.f_bavail = st.f_blocks, st.f_bfree, st.f_bavail
+        s.f_files, s.f_ffree, s.f_favail = st.f_files, st.f_ffree, st.f_favail
+        s.f_namemax = 255
+        return s
+
+    # ----- directories ----------------------------------------------------------------
+
+    def _new_handle(self, handle: Handle) -> int:
+        fh = self._next_fh
+        self._next_fh += 1
+        self._handles[fh] = handle
+        if handle.view is not None:
+            handle.view.handles += 1
+        return fh
+
+    def _drop_handle(self, fh: int) -> Handle | None:
+        handle = self._handles.pop(fh, None)
+        if handle is None:
+            return None
+        if handle.fd >= 0:
+            os.close(handle.fd)
+        if handle.view is not None:
+            handle.view.handles -= 1
+            self._reap_view(handle.view)
+        if handle.out is not None:
+            self._reap_outs()
+        return handle
+
+    @guarded
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+        if inode == ROOT:
+            # One snapshot per open: a listing never mixes two datums.
+            listing = list(self._current.top.items())
+            if self._out is not None:
+                listing.append((OUT, self._out.root_inode))
+            listing.sort()
+            return self._new_handle(Handle(view=self._current, listing=listing,
+                                           out=self._out))
+        view = self._view_of(inode)
+        if view is not None:
+            node = view.node(inode)
+            if node.children is None:
+                raise pyfuse3.FUSEError(errno.ENOTDIR)
+            return self._new_handle(Handle(view=view, listing=list(node.children.items())))
+        tree = self._out_of(inode)
+        if tree is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        names = sorted(os.fsencode(n) for n in os.listdir(tree.path(inode)))
+        return self._new_handle(Handle(out=tree, listing=[(n, inode) for n in names]))
+
+    @guarded
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        handle = self._handles[fh]
+        listing = handle.listing or []
+        for i in range(start_id, len(listing)):
+            name, inode = listing[i]
+            attr = self._readdir_attr(handle, name, inode)
+            if attr is None:
+                continue
+            if not pyfuse3.readdir_reply(token, name, attr, i + 1):
+                self._unremember(handle, attr.st_ino)
+                return
+
+    def _readdir_attr(
+        self, handle: Handle, name: bytes, inode: int
+    ) -> pyfuse3.EntryAttributes | None:
+        """Attributes of one listed entry, counted as a kernel lookup."""
+        view = handle.view
+        if view is not None and inode in view:
+            view.lookups += 1
+            at_root = inode in view.top.values() and view.top.get(name) == inode
+            return self._node_attr(inode, view.node(inode), at_root=at_root)
+        tree = handle.out
+        if tree is None:
+            return None
+        if inode == tree.root_inode and name == OUT:
+            tree.remember_root()
+            return self._out_root_attr(tree)
+        try:
+            return self._remember_out(tree, inode, name)
+        except FileNotFoundError:
+            return None  # removed since opendir
+
+    def _unremember(self, handle: Handle, inode: int) -> None:
+        view = handle.view
+        if view is not None and inode in view:
+            view.lookups -= 1
+        elif handle.out is not None:
+            handle.out.forget(inode, 1)
+
+    @guarded
+    async def releasedir(self, fh: int) -> None:
+        self._drop_handle(fh)
+
+    @guarded
+    async def fsyncdir(self, fh: int, datasync: bool) -> None:
+        return None
+
+    # ----- files ----------------------------------------------------------------------
+
+    @guarded
+    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        view = self._view_of(inode)
+        if view is not None:
+            if flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC:
+                raise pyfuse3.FUSEError(READ_ONLY)
+            node = view.node(inode)
+            if node.is_dir:
+                raise pyfuse3.FUSEError(errno.EISDIR)
+            if node.data is not None:
+                fh = self._new_handle(Handle(data=node.data, view=view))
+            else:
+                assert node.source is not None
+                fd = os.open(node.source, os.O_RDONLY | os.O_CLOEXEC)
+                self.stats.content_opens += 1
+                fh = self._new_handle(Handle(fd=fd, view=view))
+            # Immutable inode: the kernel's cached pages stay valid for the view's life.
+            return pyfuse3.FileInfo(fh=fh, keep_cache=True)
+        tree = self._writable(inode)
+        fd = os.open(tree.path(inode), _passthrough_flags(flags))
+        return pyfuse3.FileInfo(fh=self._new_handle(Handle(fd=fd, out=tree)))
+
+    @guarded
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        handle = self._handles[fh]
+        if handle.data is not None:
+            return handle.data[off:off + size]
+        data = os.pread(handle.fd, size, off)
+        self.stats.bytes_read += len(data)
+        return data
+
+    @guarded
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        handle = self._handles[fh]
+        if handle.out is None:
+            raise pyfuse3.FUSEError(errno.EBADF)
+        if handle.out.closed:
+            raise pyfuse3.FUSEError(STALE)
+        return os.pwrite(handle.fd, buf, off)
+
+    @guarded
+    async def flush(self, fh: int) -> None:
+        return None
+
+    @guarded
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        handle = self._handles[fh]
+        if handle.out is not None and handle.fd >= 0:
+            (os.fdatasync if datasync else os.fsync)(handle.fd)
+
+    @guarded
+    async def release(self, fh: int) -> None:
+        self._drop_handle(fh)
+
+    # ----- changing /pfs/out ----------------------------------------------------------
+
+    @guarded
+    async def create(
+        self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
+    ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        tree = self._writable(parent_inode)
+        path = tree.child_path(parent_inode, name)
+        fd = os.open(path, _passthrough_flags(flags) | os.O_CREAT, stat.S_IMODE(mode))
+        try:
+            self._give_to_caller(path, ctx, fd=fd)
+            attr = self._remember_out(tree, parent_inode, name)
+        except BaseException:
+            os.close(fd)
+            raise
+        return pyfuse3.FileInfo(fh=self._new_handle(Handle(fd=fd, out=tree))), attr
+
+    @guarded
+    async def mknod(
+        self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        tree = self._writable(parent_inode)
+        if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode)):
+            raise pyfuse3.FUSEError(errno.EPERM)
+        path = tree.child_path(parent_inode, name)
+        os.mknod(path, mode)
+        self._give_to_caller(path, ctx)
+        return self._remember_out(tree, parent_inode, name)
+
+    @guarded
+    async def mkdir(
+        self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        tree = self._writable(parent_inode)
+        path = tree.child_path(parent_inode, name)
+        os.mkdir(path, stat.S_IMODE(mode))
+        self._give_to_caller(path, ctx)
+        return self._remember_out(tree, parent_inode, name)
+
+    @guarded
+    async def symlink(
+        self, parent_inode: int, name: bytes, target: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        tree = self._writable(parent_inode)
+        path = tree.child_path(parent_inode, name)
+        os.symlink(target, path)
+        self._give_to_caller(path, ctx)
+        return self._remember_out(tree, parent_inode, name)
+
+    @guarded
+    async def link(
+        self, inode: int, new_parent_inode: int, new_name: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        tree = self._writable(new_parent_inode)
+        if self._out_of(inode) is not tree:
+            raise pyfuse3.FUSEError(errno.EXDEV)
+        os.link(tree.path(inode), tree.child_path(new_parent_inode, new_name),
+                follow_symlinks=False)
+        return self._remember_out(tree, new_parent_inode, new_name)
+
+    @guarded
+    async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        tree = self._writable(parent_inode)
+        os.unlink(tree.child_path(parent_inode, name))
+
+    @guarded
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        tree = self._writable(parent_inode)
+        os.rmdir(tree.child_path(parent_inode, name))
+
+    @guarded
+    async def rename(
+        self,
+        parent_inode_old: int,
+        name_old: bytes,
+        parent_inode_new: int,
+        name_new: bytes,
+        flags: int,
+        ctx: pyfuse3.RequestContext,
+    ) -> None:
+        src_tree = self._out_of(parent_inode_old)
+        dst_tree = self._out_of(parent_inode_new)
+        if src_tree is None and dst_tree is None:
+            raise pyfuse3.FUSEError(READ_ONLY)
+        if src_tree is not dst_tree:
+            # `mv` from an input into /pfs/out falls back to copying on EXDEV.
+            raise pyfuse3.FUSEError(errno.EXDEV)
+        tree = self._writable(parent_inode_old)
+        src = tree.child_path(parent_inode_old, name_old)
+        dst = tree.child_path(parent_inode_new, name_new)
+        if flags:
+            _linux.renameat2(src, dst, flags)
+        else:
+            os.rename(src, dst)
+        if flags & _linux.RENAME_EXCHANGE:
+            tree.exchanged(parent_inode_old, name_old, parent_inode_new, name_new)
+        else:
+            tree.moved(parent_inode_old, name_old, parent_inode_new, name_new)
+
+    def _give_to_caller(self, path: str, ctx: pyfuse3.RequestContext, fd: int = -1) -> None:
+        """Make a new output entry owned by the process that created it, as a disk would."""
+        if os.geteuid() != 0 or (ctx.uid == self._uid and ctx.gid == self._gid):
+            return
+        if fd >= 0:
+            os.fchown(fd, ctx.uid, ctx.gid)
+        else:
+            os.lchown(path, ctx.uid, ctx.gid)
+
+
+def _passthrough_flags(flags: int) -> int:
+    """Open flags safe to hand to the staging file system."""
+    drop = os.O_CREAT | os.O_EXCL | os.O_NOCTTY
+    return (flags & ~drop) | os.O_CLOEXEC | os.O_NOFOLLOW

@@ -1,0 +1,326 @@
+"""`pfsmount run`: one job from spec to published output.
+
+Wiring only: the mount, the gRPC endpoint, the user program and the datum loop are each
+owned by their own module. This module decides the order in which they start and, more
+importantly, stop: the user program first (while /pfs still answers, so nothing blocks in
+the kernel), then the gRPC server, then the mount.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import pyfuse3
+import trio
+
+from pfsmount import usercode
+from pfsmount.console import Console
+from pfsmount.datums import Datum
+from pfsmount.fs import PfsOperations
+from pfsmount.output import JobOutput, clear_abandoned_jobs
+from pfsmount.protocol import WorkerServer
+from pfsmount.spec import PipelineSpec
+from pfsmount.store.local import RepoIndex
+from pfsmount.worker import Bridge, DatumLoop, DatumRecord, DatumState
+
+log = logging.getLogger(__name__)
+
+PORT_ENV = "PPS_WORKER_GRPC_PORT"
+
+
+class RunError(Exception):
+    """A job could not start; the message says why and what to do."""
+
+
+@dataclass
+class RunOptions:
+    data_dir: str
+    workdir: str | None = None  # where user code starts
+    mountpoint: str = "/pfs"
+    port: int = 0
+    stop_grace: float = 10.0  # SIGTERM to SIGKILL when stopping user code
+    exit_grace: float = 30.0  # time a pfsmount client gets to exit after "no more datums"
+
+
+@dataclass
+class JobReport:
+    """How a job ended."""
+
+    job_id: str
+    records: list[DatumRecord]
+    seconds: float
+    output_dir: str
+    outcome: str  # "success", "failed" or "killed"
+    problems: list[str] = field(default_factory=list)
+    staged_dir: str = ""  # where committed outputs wait when the job did not finish
+
+    def count(self, state: DatumState) -> int:
+        return sum(1 for r in self.records if r.state is state)
+
+
+# ----- the mountpoint -------------------------------------------------------------------
+
+
+def prepare_mountpoint(path: str) -> None:
+    """Create the mountpoint, or explain why it cannot be used."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        os.makedirs(path, exist_ok=True)
+        return
+    except OSError as exc:
+        if exc.errno != errno.ENOTCONN:
+            raise RunError(f"mountpoint {path}: {exc.strerror}") from None
+        _clear_stale_mount(path)
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        raise RunError(f"mountpoint {path} is not a directory (choose another --mountpoint)")
+    if os.path.ismount(path):
+        raise RunError(
+            f"mountpoint {path} is already a mount point (is another pfsmount running? "
+            f"choose another --mountpoint, or unmount it with: fusermount3 -u {path})"
+        )
+    if os.listdir(path):
+        raise RunError(
+            f"mountpoint {path} is not empty; pfsmount mounts only over an empty directory so "
+            "nothing is hidden (empty it, or choose another --mountpoint)"
+        )
+
+
+def _mount_type(path: str) -> str | None:
+    real = os.path.abspath(path)
+    with open("/proc/self/mountinfo", encoding="utf-8") as f:
+        for line in f:
+            fields = line.split()
+            sep = fields.index("-")
+            if fields[4].encode().decode("unicode_escape") == real:
+                return fields[sep + 1]
+    return None
+
+
+def _clear_stale_mount(path: str) -> None:
+    kind = _mount_type(path)
+    if kind != "fuse.pfsmount":
+        raise RunError(
+            f"mountpoint {path} is a dead FUSE mount ({kind or 'unknown type'}); "
+            f"unmount it with: fusermount3 -u -z {path}"
+        )
+    log.warning("%s is left over from a pfsmount that died; unmounting it", path)
+    subprocess.run(["fusermount3", "-u", "-z", path], check=False, capture_output=True)
+    try:
+        os.stat(path)
+    except OSError as exc:
+        raise RunError(
+            f"mountpoint {path} is a dead pfsmount mount that could not be removed "
+            f"({exc.strerror}); try: fusermount3 -u -z {path}"
+        ) from None
+
+
+def mount_options() -> set[str]:
+    opts = {"fsname=pfsmount", "subtype=pfsmount", "default_permissions"}
+    if os.geteuid() == 0:
+        # Lets user code that drops privileges still see /pfs.
+        opts.add("allow_other")
+    return opts
+
+
+# ----- the user program's environment ----------------------------------------------------
+
+
+def write_shims(bin_dir: str) -> None:
+    """`pachctl` and `pfsmount` on the user code's PATH, bound to this interpreter."""
+    scripts = {
+        "pachctl": f'#!/bin/sh\nexec "{sys.executable}" -m pfsmount.pachctl "$@"\n',
+        "pfsmount": f'#!/bin/sh\nexec "{sys.executable}" -m pfsmount "$@"\n',
+    }
+    for name, body in scripts.items():
+        path = os.path.join(bin_dir, name)
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(body)
+        os.chmod(path, 0o755)
+
+
+def user_env(spec: PipelineSpec, port: int, bin_dir: str) -> dict[str, str]:
+    """The process environment of user code: ours, the spec's, the port and the shims."""
+    env = dict(os.environ)
+    env.update(spec.transform.env)
+    env[PORT_ENV] = str(port)
+    # The shims first, then the interpreter pfsmount runs in, so `python3` in a cmd
+    # finds pfsmount's client (and whatever else was installed beside it).
+    interp_bin = os.path.dirname(sys.executable)
+    env["PATH"] = os.pathsep.join([bin_dir, interp_bin, env.get("PATH", os.defpath)])
+    return env
+
+
+# ----- the job ---------------------------------------------------------------------------
+
+
+async def run_job(
+    spec: PipelineSpec,
+    repos: Mapping[str, RepoIndex],
+    datums: Sequence[Datum],
+    opts: RunOptions,
+    console: Console,
+) -> JobReport:
+    """Mount /pfs, run the user code over every datum, publish the output."""
+    for name in clear_abandoned_jobs(opts.data_dir, spec.name):
+        log.info("removed staging of an interrupted earlier run (%s)", name)
+    prepare_mountpoint(opts.mountpoint)
+    output = JobOutput(opts.data_dir, spec.name)
+    bin_dir = tempfile.mkdtemp(prefix="pfsmount-bin-")
+    started = time.monotonic()
+    fs = PfsOperations()
+    loop = DatumLoop(
+        datums, repos, fs, output, {}, os.path.abspath(opts.mountpoint),
+        on_progress=lambda lp: console.progress(lp.closed_count, lp.count(DatumState.FAILED)),
+    )
+    try:
+        pyfuse3.init(fs, opts.mountpoint, mount_options())
+    except RuntimeError as exc:
+        shutil.rmtree(bin_dir, ignore_errors=True)
+        output.abandon()
+        raise RunError(f"cannot mount FUSE at {opts.mountpoint}: {exc} "
+                       "(is /dev/fuse present, and are you root?)") from None
+    problems: list[str] = []
+    outcome = "failed"
+    try:
+        async with trio.open_nursery() as fs_nursery:
+            fs_nursery.start_soon(pyfuse3.main)
+            try:
+                write_shims(bin_dir)
+                outcome = await _serve(spec, loop, opts, console, bin_dir, problems)
+            finally:
+                pyfuse3.terminate()
+    finally:
+        pyfuse3.close(unmount=True)
+        shutil.rmtree(bin_dir, ignore_errors=True)
+    console.end_progress()
+    report = JobReport(
+        job_id=output.job_id, records=loop.records, seconds=time.monotonic() - started,
+        output_dir=output.repo_dir, outcome=outcome, problems=problems,
+    )
+    if outcome == "killed":
+        report.staged_dir = output.output_dir
+        return report
+    if report.count(DatumState.FAILED) and outcome == "success":
+        report.outcome = "failed"
+    await trio.to_thread.run_sync(output.publish)
+    return report
+
+
+async def _serve(
+    spec: PipelineSpec,
+    loop: DatumLoop,
+    opts: RunOptions,
+    console: Console,
+    bin_dir: str,
+    problems: list[str],
+) -> str:
+    """Run the user code against the datum loop; returns the job's outcome."""
+    token = trio.lowlevel.current_trio_token()
+    server = WorkerServer(Bridge(loop, token), port=opts.port)
+    try:
+        port = server.start()
+    except OSError as exc:
+        raise RunError(str(exc)) from None
+    env = user_env(spec, port, bin_dir)
+    loop.set_base_env(env)
+    console.start_progress(len(loop.records))
+    interrupted: list[str] = []
+    try:
+        async with trio.open_nursery() as nursery:
+            proc = await usercode.start(
+                nursery, spec.transform.cmd, env, opts.workdir,
+                spec.transform.stdin, console.user_line,
+            )
+            try:
+                with trio.CancelScope() as scope:
+                    nursery.start_soon(_watch_signals, scope, interrupted)
+                    outcome = await _until_done(loop, proc, opts, problems)
+                    scope.cancel()
+                if interrupted:
+                    outcome = "killed"
+                    problems.append(f"interrupted by {interrupted[0]}")
+                    await loop.abort(f"job interrupted by {interrupted[0]}")
+            finally:
+                with trio.CancelScope(shield=True):
+                    loop.close()
+                    await proc.stop(opts.stop_grace)
+                    # Output pipes may be held open by escaped grandchildren; don't wait.
+                    with trio.move_on_after(1.0):
+                        await _drain(nursery)
+                    nursery.cancel_scope.cancel()
+    finally:
+        server.stop(grace=0)
+    return outcome
+
+
+async def _drain(nursery: trio.Nursery) -> None:
+    while len(nursery.child_tasks) > 0:
+        await trio.sleep(0.01)
+
+
+async def _watch_signals(scope: trio.CancelScope, interrupted: list[str]) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            interrupted.append(signal.Signals(signum).name)
+            scope.cancel()
+            return
+
+
+async def _until_done(
+    loop: DatumLoop, proc: usercode.UserProcess, opts: RunOptions, problems: list[str]
+) -> str:
+    """Wait until the datums run out or the user code exits, whichever comes first."""
+    either = trio.Event()
+
+    async def on_exit() -> None:
+        await proc.wait()
+        either.set()
+
+    async def on_finish() -> None:
+        await loop.finished.wait()
+        either.set()
+
+    async with trio.open_nursery() as n:
+        n.start_soon(on_exit)
+        n.start_soon(on_finish)
+        await either.wait()
+        n.cancel_scope.cancel()
+
+    if loop.finished.is_set():
+        if loop.last_caller_own:
+            with trio.move_on_after(opts.exit_grace) as waited:
+                await proc.wait()
+            if waited.cancelled_caught:
+                log.warning("user code did not exit within %.0fs of the last datum; stopping it",
+                            opts.exit_grace)
+        return "success"
+
+    code = proc.returncode if proc.returncode is not None else 0
+    if not loop.started:
+        problem = (
+            f"user code {usercode.describe_exit(code)} before asking for its first datum; with "
+            "datum_batching it must call NextDatum (pfsmount's client, `pachctl next datum` or "
+            "pachyderm-sdk's batch_all_datums) — check transform.cmd"
+        )
+    else:
+        remaining = len(loop.records) - loop.closed_count - (1 if loop.current else 0)
+        problem = (
+            f"user code {usercode.describe_exit(code)} before the datums ran out "
+            f"({remaining} of {len(loop.records)} datums never ran)"
+        )
+    problems.append(problem)
+    await loop.abort(f"user code {usercode.describe_exit(code)} while this datum was current")
+    return "failed"
