@@ -1,0 +1,460 @@
+"""The worker's gRPC endpoint: Pachyderm's NextDatum protocol and pfsmount's richer variant.
+
+Two services share one server on loopback:
+
+- ``/pachyderm.worker.Worker/NextDatum`` speaks Pachyderm's wire format exactly, so the
+  unmodified pachyderm-sdk and ``pachctl next datum`` work. After the last datum it never
+  answers, as Pachyderm never does: the worker ends the user process instead.
+- ``/pfsmount.worker.Worker/NextDatum`` adds ``done`` and ``datum_id`` to the response, so
+  pfsmount's own clients learn cleanly that the datums have run out.
+
+The messages are three small proto3 messages, so they are encoded by hand here instead of
+pulling in protoc and protobuf. This module must stay importable with grpc alone: the user-code
+client (``pfsmount.client``) and the shell shims import it, and their startup time matters.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import grpc
+
+logger = logging.getLogger(__name__)
+
+PACHYDERM_SERVICE = "pachyderm.worker.Worker"
+PFSMOUNT_SERVICE = "pfsmount.worker.Worker"
+PACHYDERM_NEXT_DATUM = f"/{PACHYDERM_SERVICE}/NextDatum"
+PFSMOUNT_NEXT_DATUM = f"/{PFSMOUNT_SERVICE}/NextDatum"
+
+_UNIMPLEMENTED_MESSAGE = (
+    "pfsmount serves only NextDatum on {service}; {method} is not available "
+    "(call NextDatum, or use `pfsmount` itself to inspect the job)"
+)
+
+
+# How long stop() lets calls parked after the last datum deliver their UNAVAILABLE.
+_PARKED_GRACE = 0.2
+
+
+# --- wire codec ---------------------------------------------------------------------------
+
+_VARINT = 0
+_FIXED64 = 1
+_LENGTH_DELIMITED = 2
+_START_GROUP = 3
+_END_GROUP = 4
+_FIXED32 = 5
+
+# A 64-bit varint never needs more than ten bytes; anything longer is corrupt, not big.
+_MAX_VARINT_BYTES = 10
+
+
+class DecodeError(ValueError):
+    """A message on the wire is not valid protobuf for the expected type."""
+
+
+def _encode_varint(value: int) -> bytes:
+    if value < 0:
+        # proto3 int32/int64 encode negatives as their 64-bit two's complement.
+        value += 1 << 64
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _encode_tag(field: int, wire_type: int) -> bytes:
+    return _encode_varint(field << 3 | wire_type)
+
+
+def _encode_string(field: int, value: str) -> bytes:
+    data = value.encode("utf-8")
+    return _encode_tag(field, _LENGTH_DELIMITED) + _encode_varint(len(data)) + data
+
+
+def _encode_bool(field: int, value: bool) -> bytes:
+    return _encode_tag(field, _VARINT) + _encode_varint(int(value))
+
+
+def _decode_varint(data: bytes, pos: int) -> tuple[int, int]:
+    """Read one varint at ``pos``; return it and the position after it."""
+    result = 0
+    for i in range(_MAX_VARINT_BYTES):
+        if pos + i >= len(data):
+            raise DecodeError(f"truncated varint at byte {pos}")
+        byte = data[pos + i]
+        result |= (byte & 0x7F) << (7 * i)
+        if not byte & 0x80:
+            return result & ((1 << 64) - 1), pos + i + 1
+    raise DecodeError(f"varint longer than {_MAX_VARINT_BYTES} bytes at byte {pos}")
+
+
+def _take(data: bytes, pos: int, size: int, what: str) -> tuple[bytes, int]:
+    end = pos + size
+    if end > len(data):
+        raise DecodeError(
+            f"truncated {what} at byte {pos}: needs {size} bytes, {len(data) - pos} left"
+        )
+    return data[pos:end], end
+
+
+@dataclass(frozen=True)
+class _Field:
+    """One decoded field: its number, wire type and raw value (an int or the bytes)."""
+
+    number: int
+    wire_type: int
+    value: int | bytes
+
+
+def _read_field(data: bytes, pos: int) -> tuple[_Field, int]:
+    key, pos = _decode_varint(data, pos)
+    number, wire_type = key >> 3, key & 7
+    if number == 0:
+        raise DecodeError(f"field number 0 at byte {pos} is invalid")
+    if wire_type == _VARINT:
+        value, pos = _decode_varint(data, pos)
+        return _Field(number, wire_type, value), pos
+    if wire_type == _LENGTH_DELIMITED:
+        size, pos = _decode_varint(data, pos)
+        raw, pos = _take(data, pos, size, f"field {number}")
+        return _Field(number, wire_type, raw), pos
+    if wire_type == _FIXED64:
+        raw, pos = _take(data, pos, 8, f"fixed64 field {number}")
+        return _Field(number, wire_type, raw), pos
+    if wire_type == _FIXED32:
+        raw, pos = _take(data, pos, 4, f"fixed32 field {number}")
+        return _Field(number, wire_type, raw), pos
+    if wire_type == _START_GROUP:
+        return _Field(number, wire_type, b""), _skip_group(data, pos, number)
+    if wire_type == _END_GROUP:
+        raise DecodeError(f"unexpected end of group {number} at byte {pos}")
+    raise DecodeError(f"invalid wire type {wire_type} for field {number}")
+
+
+def _skip_group(data: bytes, pos: int, number: int) -> int:
+    """Skip a (deprecated) group's fields up to its matching end tag."""
+    while pos < len(data):
+        key, after_key = _decode_varint(data, pos)
+        if key & 7 == _END_GROUP:
+            if key >> 3 != number:
+                raise DecodeError(f"group {number} closed by end of group {key >> 3}")
+            return after_key
+        _, pos = _read_field(data, pos)
+    raise DecodeError(f"group {number} is never closed")
+
+
+def _fields(data: bytes) -> Iterator[_Field]:
+    pos = 0
+    while pos < len(data):
+        field, pos = _read_field(data, pos)
+        yield field
+
+
+def _as_string(field: _Field) -> str:
+    assert isinstance(field.value, bytes)
+    try:
+        return field.value.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DecodeError(f"field {field.number} is not valid UTF-8: {exc}") from None
+
+
+@dataclass(frozen=True)
+class NextDatumRequest:
+    """``NextDatumRequest { string error = 1; }``, the same in both services."""
+
+    error: str = ""
+
+    def encode(self) -> bytes:
+        return _encode_string(1, self.error) if self.error else b""
+
+    @classmethod
+    def decode(cls, data: bytes) -> NextDatumRequest:
+        error = ""
+        for field in _fields(data):
+            # A known field with another wire type is kept as unknown, as protobuf-go does.
+            if field.number == 1 and field.wire_type == _LENGTH_DELIMITED:
+                error = _as_string(field)
+        return cls(error=error)
+
+
+@dataclass(frozen=True)
+class NextDatumResponse:
+    """pfsmount's ``{ repeated string env = 1; bool done = 2; string datum_id = 3; }``.
+
+    With ``done`` false and no ``datum_id`` it encodes to exactly Pachyderm's
+    ``NextDatumResponse { repeated string env = 1; }``.
+    """
+
+    env: tuple[str, ...] = ()
+    done: bool = False
+    datum_id: str = ""
+
+    def encode(self) -> bytes:
+        parts = [_encode_string(1, item) for item in self.env]
+        if self.done:
+            parts.append(_encode_bool(2, True))
+        if self.datum_id:
+            parts.append(_encode_string(3, self.datum_id))
+        return b"".join(parts)
+
+    @classmethod
+    def decode(cls, data: bytes) -> NextDatumResponse:
+        env: list[str] = []
+        done = False
+        datum_id = ""
+        for field in _fields(data):
+            if field.number == 1 and field.wire_type == _LENGTH_DELIMITED:
+                env.append(_as_string(field))
+            elif field.number == 2 and field.wire_type == _VARINT:
+                done = field.value != 0
+            elif field.number == 3 and field.wire_type == _LENGTH_DELIMITED:
+                datum_id = _as_string(field)
+        return cls(env=tuple(env), done=done, datum_id=datum_id)
+
+
+# --- the server ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Reply:
+    """The worker's answer to one NextDatum call."""
+
+    env: tuple[str, ...]
+    done: bool = False
+    datum_id: str = ""
+
+
+class WorkerGone(Exception):
+    """Raised by the NextDatum callback when the job is shutting down.
+
+    The call is aborted with UNAVAILABLE and this exception's message.
+    """
+
+
+class BindError(OSError):
+    """The server could not listen on the requested loopback port."""
+
+
+NextDatumFn = Callable[[str, bool], Reply]
+"""``(error, own_client) -> Reply``: finish the current datum and block until the next is ready.
+
+Called on a gRPC thread. ``own_client`` is False for Pachyderm's method, True for pfsmount's.
+"""
+
+
+class WorkerServer:
+    """The gRPC server user code talks to: both NextDatum methods, on loopback only."""
+
+    def __init__(
+        self,
+        next_datum: NextDatumFn,
+        port: int = 0,
+        host: str = "127.0.0.1",
+        max_workers: int = 16,
+    ) -> None:
+        if not _is_loopback(host):
+            raise ValueError(
+                f"refusing to serve the worker protocol on {host!r}: it has no authentication, "
+                "so pfsmount listens on loopback only (use 127.0.0.1 or ::1)"
+            )
+        self._next_datum = next_datum
+        self._port = port
+        self._host = host
+        self._max_workers = max_workers
+        self._server: grpc.Server | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
+        self._stopping = False
+        # Calls parked after the last datum, woken when the server stops.
+        self._parked: set[threading.Event] = set()
+
+    def start(self) -> int:
+        """Bind and start serving; return the bound port."""
+        if self._server is not None:
+            raise RuntimeError("WorkerServer.start() was already called")
+        self._executor = ThreadPoolExecutor(
+            max_workers=self._max_workers, thread_name_prefix="pfsmount-grpc"
+        )
+        # grpc sets SO_REUSEPORT by default, which would let two servers share a port silently.
+        server = grpc.server(self._executor, options=[("grpc.so_reuseport", 0)])
+        server.add_generic_rpc_handlers(self._handlers())
+        port = self._bind(server, self._host, self._port)
+        if self._host == "127.0.0.1":
+            self._bind_ipv6_loopback(server, port)
+        server.start()
+        self._server = server
+        logger.info("worker protocol listening on %s:%d", self._host, port)
+        return port
+
+    def stop(self, grace: float | None = 0) -> None:
+        """Stop serving: parked calls get UNAVAILABLE, then in-flight calls are cancelled.
+
+        A callback still blocked in the worker keeps its gRPC thread until it returns, so the
+        worker must make pending callbacks return (raise ``WorkerGone``) when it shuts down.
+        """
+        with self._lock:
+            self._stopping = True
+            parked = list(self._parked)
+        for event in parked:
+            event.set()
+        if self._server is not None:
+            if parked and not grace:
+                # Woken parked calls need a moment to send UNAVAILABLE before cancellation wins.
+                grace = _PARKED_GRACE
+            self._server.stop(grace).wait()
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+
+    # --- binding
+
+    @staticmethod
+    def _bind(server: grpc.Server, host: str, port: int) -> int:
+        _check_bindable(host, port)
+        address = _address(host, port)
+        try:
+            bound = server.add_insecure_port(address)
+        except RuntimeError:
+            bound = 0
+        if not bound:
+            raise BindError(_bind_message(host, port, "gRPC could not bind it"))
+        return bound
+
+    @staticmethod
+    def _bind_ipv6_loopback(server: grpc.Server, port: int) -> None:
+        # pachyderm-sdk dials `localhost`, which may resolve to ::1 first; serve it there too
+        # when this machine has IPv6, so no other process can answer in pfsmount's place.
+        try:
+            _check_bindable("::1", port)
+            server.add_insecure_port(_address("::1", port))
+        except BindError as exc:
+            # No IPv6 is harmless (grpc falls back to 127.0.0.1); another server there is not.
+            log = logger.warning if exc.errno == errno.EADDRINUSE else logger.debug
+            log("not serving on [::1]:%d, so `localhost` clients may miss pfsmount: %s", port, exc)
+        except RuntimeError as exc:
+            logger.debug("not serving on [::1]:%d: %s", port, exc)
+
+    # --- handlers
+
+    def _handlers(self) -> tuple[grpc.GenericRpcHandler, ...]:
+        # No (de)serializers: requests arrive as bytes so a malformed one can be rejected
+        # with INVALID_ARGUMENT and a useful message instead of grpc's bare INTERNAL.
+        pachyderm = grpc.method_handlers_generic_handler(
+            PACHYDERM_SERVICE,
+            {
+                "NextDatum": grpc.unary_unary_rpc_method_handler(self._pachyderm_next_datum),
+                "Status": grpc.unary_unary_rpc_method_handler(_unimplemented("Status")),
+                "Cancel": grpc.unary_unary_rpc_method_handler(_unimplemented("Cancel")),
+            },
+        )
+        own = grpc.method_handlers_generic_handler(
+            PFSMOUNT_SERVICE,
+            {"NextDatum": grpc.unary_unary_rpc_method_handler(self._own_next_datum)},
+        )
+        return (pachyderm, own)
+
+    def _own_next_datum(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+        reply = self._call(request, context, own_client=True)
+        return NextDatumResponse(reply.env, reply.done, reply.datum_id).encode()
+
+    def _pachyderm_next_datum(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+        reply = self._call(request, context, own_client=False)
+        if reply.done:
+            self._park(context)
+        return NextDatumResponse(reply.env).encode()
+
+    def _call(self, request: bytes, context: grpc.ServicerContext, own_client: bool) -> Reply:
+        try:
+            error = NextDatumRequest.decode(request).error
+        except DecodeError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"malformed NextDatumRequest: {exc}")
+        try:
+            return self._next_datum(error, own_client)
+        except WorkerGone as exc:
+            context.abort(grpc.StatusCode.UNAVAILABLE, str(exc) or "the pfsmount job is over")
+        except Exception as exc:
+            logger.exception("NextDatum failed inside the worker")
+            context.abort(grpc.StatusCode.INTERNAL, f"pfsmount worker failed: {exc!r}")
+
+    def _park(self, context: grpc.ServicerContext) -> None:
+        """Hold a Pachyderm client after the last datum until it goes away or we stop."""
+        wake = threading.Event()
+        if not context.add_callback(wake.set):
+            # The RPC already ended, so the callback would never fire.
+            wake.set()
+        with self._registered(wake):
+            wake.wait()
+        if self._stopping:
+            context.abort(
+                grpc.StatusCode.UNAVAILABLE,
+                "pfsmount is shutting down: there are no more datums",
+            )
+        context.abort(grpc.StatusCode.CANCELLED, "the client went away")
+
+    @contextlib.contextmanager
+    def _registered(self, wake: threading.Event) -> Iterator[None]:
+        with self._lock:
+            self._parked.add(wake)
+            if self._stopping:
+                wake.set()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._parked.discard(wake)
+
+
+def _unimplemented(method: str) -> Callable[[bytes, grpc.ServicerContext], bytes]:
+    def handler(request: bytes, context: grpc.ServicerContext) -> bytes:
+        context.abort(
+            grpc.StatusCode.UNIMPLEMENTED,
+            _UNIMPLEMENTED_MESSAGE.format(service=PACHYDERM_SERVICE, method=method),
+        )
+
+    return handler
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress  # only the server needs it; clients import this module too
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _check_bindable(host: str, port: int) -> None:
+    """Fail early, with the OS's reason, when the port cannot be bound.
+
+    grpc only says "Failed to bind" (and logs noise to stderr); a plain socket says why.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        # Match grpc, which sets SO_REUSEADDR: a port in TIME_WAIT is not "in use".
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise BindError(exc.errno, _bind_message(host, port, exc.strerror)) from exc
+
+
+def _bind_message(host: str, port: int, reason: str | None) -> str:
+    return (
+        f"cannot listen on {_address(host, port)} for the worker protocol: {reason}; "
+        "pick a free port with --port, or --port 0 to let the system choose one"
+    )

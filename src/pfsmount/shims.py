@@ -1,0 +1,192 @@
+"""Command-line clients for shell user code: ``pfsmount next-datum`` and ``pachctl next datum``.
+
+Shell loops run one of these per datum (``while pachctl next datum; do ...; done``), so they
+import as little as possible: grpc and pfsmount's wire codec, nothing that pulls in trio,
+pyfuse3 or yaml. Like Pachyderm's, they print nothing on success: shell code reads the datum's
+env from ``/pfs/.env``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+import time
+from typing import NoReturn
+
+import grpc
+
+from pfsmount import __version__
+from pfsmount.protocol import PACHYDERM_NEXT_DATUM, NextDatumRequest, NextDatumResponse
+
+PORT_ENV = "PPS_WORKER_GRPC_PORT"
+
+# pachctl gives up dialling the worker after 5 s; a module attribute so tests can shorten it.
+PACHCTL_CONNECT_TIMEOUT = 5.0
+_DIAL_RETRY_INTERVAL = 0.1
+
+EXIT_READY = 0
+EXIT_ERROR = 1
+EXIT_NO_MORE_DATUMS = 3
+
+_PACHCTL_ONLY = (
+    "pfsmount's pachctl shim only supports `pachctl next datum` (optionally --error MSG), "
+    "not `pachctl {command}`: run other pachctl commands with the real pachctl "
+    "against a Pachyderm cluster"
+)
+
+
+class _UsageError(Exception):
+    """Bad command-line arguments; the message says which."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser that raises instead of exiting with status 2 on bad arguments."""
+
+    def error(self, message: str) -> NoReturn:
+        raise _UsageError(f"{message} (see `{self.prog} --help`)")
+
+
+def next_datum_main(argv: list[str]) -> int:
+    """``pfsmount next-datum [--error MSG]``: 0 ready, 3 no more datums, 1 on any error."""
+    prog = "pfsmount next-datum"
+    parser = _Parser(
+        prog=prog,
+        description="Finish the current datum and wait until the next one is ready in /pfs. "
+        "Exits 0 when it is, 3 when there are no more datums, 1 on error.",
+    )
+    parser.add_argument(
+        "--error", default="", metavar="MSG", help="mark the current datum failed with MSG"
+    )
+    try:
+        args = parser.parse_args(argv)
+    except _UsageError as exc:
+        return _fail(prog, str(exc))
+    except SystemExit as exc:
+        return _exit_code(exc)
+
+    # Imported here, not at the top: pachctl_main does not need the client's machinery.
+    from pfsmount.client import ClientError, next_datum
+
+    try:
+        datum = next_datum(error=args.error)
+    except ClientError as exc:
+        return _fail(prog, str(exc))
+    return EXIT_READY if datum is not None else EXIT_NO_MORE_DATUMS
+
+
+def pachctl_main(argv: list[str]) -> int:
+    """``pachctl next datum [--error MSG]`` with Pachyderm's behaviour: 0 ready, 1 on error.
+
+    After the last datum the call never returns, as with Pachyderm: the worker ends the
+    process.
+    """
+    try:
+        command, error = _parse_pachctl(argv)
+    except _UsageError as exc:
+        return _fail("pachctl", str(exc))
+    except SystemExit as exc:
+        return _exit_code(exc)
+    if command == ["version"]:
+        print(f"pachctl shim from pfsmount {__version__} (supports only `pachctl next datum`)")
+        return EXIT_READY
+    if command != ["next", "datum"]:
+        return _fail("pachctl", _PACHCTL_ONLY.format(command=" ".join(command)))
+    try:
+        _pachyderm_next_datum(error)
+    except _ShimError as exc:
+        return _fail("pachctl", str(exc))
+    except KeyboardInterrupt:
+        return 130
+    return EXIT_READY
+
+
+class _ShimError(Exception):
+    """The worker could not be reached or refused the call; the message is for people."""
+
+
+def _parse_pachctl(argv: list[str]) -> tuple[list[str], str]:
+    parser = _Parser(
+        prog="pachctl",
+        description="pfsmount's stand-in for `pachctl next datum`: finish the current datum "
+        "and wait until the next one is ready in /pfs.",
+    )
+    parser.add_argument("command", nargs="*", help="`next datum` (or `version`)")
+    parser.add_argument(
+        "--error", default="", metavar="MSG", help="mark the current datum failed with MSG"
+    )
+    # Real pachctl's global flags: accepted so scripts that pass them keep working.
+    parser.add_argument("-v", "--verbose", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--no-color", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_intermixed_args(argv)
+    if not args.command:
+        raise _UsageError("no command given: use `pachctl next datum [--error MSG]`")
+    return args.command, args.error
+
+
+def _pachyderm_next_datum(error: str) -> None:
+    """Call Pachyderm's NextDatum the way pachctl does: 127.0.0.1, 5 s dial, no deadline."""
+    port = _worker_port()
+    address = f"127.0.0.1:{port}"
+    _wait_until_listening(port, PACHCTL_CONNECT_TIMEOUT)
+    with grpc.insecure_channel(address) as channel:
+        call = channel.unary_unary(
+            PACHYDERM_NEXT_DATUM,
+            request_serializer=NextDatumRequest.encode,
+            response_deserializer=NextDatumResponse.decode,
+        )
+        try:
+            call(NextDatumRequest(error=error))
+        except grpc.RpcError as exc:
+            raise _ShimError(f"NextDatum at {address} failed: {_rpc_details(exc)}") from None
+
+
+def _wait_until_listening(port: int, timeout: float) -> None:
+    """Retry a TCP connect to the worker until it accepts or ``timeout`` seconds pass.
+
+    This is pachctl's 5 s dial timeout. grpc.channel_ready_future would do it too, but closing
+    a channel it watched joins grpc's polling thread, which costs 200 ms on every datum.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        remaining = deadline - time.monotonic()
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=max(remaining, 0.01)).close()
+            return
+        except OSError as exc:
+            if remaining <= 0:
+                raise _ShimError(
+                    f"could not connect to the pfsmount worker at 127.0.0.1:{port} "
+                    f"({PORT_ENV}) within {timeout:g} s ({exc.strerror or exc}): "
+                    "is `pfsmount run` still running?"
+                ) from None
+        time.sleep(min(_DIAL_RETRY_INTERVAL, max(remaining, 0)))
+
+
+def _worker_port() -> int:
+    raw = os.environ.get(PORT_ENV)
+    if raw is None:
+        raise _ShimError(f"{PORT_ENV} is not set: run this program under `pfsmount run`")
+    if not raw.isdigit() or not 0 < int(raw) < 65536:
+        raise _ShimError(f"{PORT_ENV}={raw!r} is not a TCP port: `pfsmount run` sets it")
+    return int(raw)
+
+
+def _rpc_details(exc: grpc.RpcError) -> str:
+    if isinstance(exc, grpc.Call):
+        return f"{exc.code().name}: {exc.details()}"
+    return str(exc)
+
+
+def _fail(prog: str, message: str) -> int:
+    print(f"{prog}: {message}", file=sys.stderr)
+    return EXIT_ERROR
+
+
+def _exit_code(exc: SystemExit) -> int:
+    """argparse exits for --help; turn that into a return value."""
+    code = exc.code
+    if code is None:
+        return EXIT_READY
+    return code if isinstance(code, int) else EXIT_ERROR
