@@ -21,7 +21,9 @@ def load_model() -> dict[str, float]:
     return {**{w: 1.0 for w in positive}, **{w: -1.0 for w in negative}}
 
 
+started = time.monotonic()
 MODEL = load_model()
+print(f"model loaded in {time.monotonic() - started:.1f}s", flush=True)
 
 
 @batch_datums

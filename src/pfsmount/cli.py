@@ -172,6 +172,15 @@ def _cmd_run(args: argparse.Namespace, console: Console) -> int:
     return _summarize(report, console)
 
 
+def _fmt_bytes(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
 def _workdir(spec_path: str, working_dir: str | None) -> str:
     """Where user code starts: `working_dir`, relative to the spec's own directory.
 
@@ -202,6 +211,8 @@ def _summarize(report, console: Console) -> int:
         + (f", {unrun} not run" if unrun else "")
         + f", in {report.seconds:.1f}s ({rate:.1f} datums/s)"
     )
+    files = f"{report.input_files} input file" + ("" if report.input_files == 1 else "s")
+    console.info(f"read {_fmt_bytes(report.input_bytes)} from {files}")
     if report.outcome == "killed":
         console.info(f"output repo {report.output_dir} left unchanged; the outputs of finished "
                      f"datums are in {report.staged_dir} until the next run")

@@ -219,7 +219,12 @@ class PfsOperations(pyfuse3.Operations):
         return a
 
     def _out_root_attr(self, tree: OutTree) -> pyfuse3.EntryAttributes:
-        return self._stat_attr(tree.root_inode, os.lstat(tree.staging), at_root=True)
+        try:
+            st = os.lstat(tree.staging)
+        except FileNotFoundError:
+            # A listing taken just before a swap may outlive the datum's staging area.
+            st = tree.root_stat
+        return self._stat_attr(tree.root_inode, st, at_root=True)
 
     def _remember_out(self, tree: OutTree, parent: int, name: bytes) -> pyfuse3.EntryAttributes:
         st = os.lstat(tree.child_path(parent, name))
@@ -456,7 +461,7 @@ class PfsOperations(pyfuse3.Operations):
             return pyfuse3.FileInfo(fh=fh, keep_cache=True)
         tree = self._writable(inode)
         fd = os.open(tree.path(inode), _passthrough_flags(flags))
-        return pyfuse3.FileInfo(fh=self._new_handle(Handle(fd=fd, out=tree)))
+        return pyfuse3.FileInfo(fh=self._new_handle(Handle(fd=fd, out=tree)), keep_cache=False)
 
     @guarded
     async def read(self, fh: int, off: int, size: int) -> bytes:
@@ -505,7 +510,8 @@ class PfsOperations(pyfuse3.Operations):
         except BaseException:
             os.close(fd)
             raise
-        return pyfuse3.FileInfo(fh=self._new_handle(Handle(fd=fd, out=tree))), attr
+        fi = pyfuse3.FileInfo(fh=self._new_handle(Handle(fd=fd, out=tree)), keep_cache=False)
+        return fi, attr
 
     @guarded
     async def mknod(

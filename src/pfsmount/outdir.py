@@ -30,7 +30,8 @@ class OutTree:
     def __post_init__(self) -> None:
         self.root_inode = self.inodes.take()
         self._paths[self.root_inode] = ""
-        st_ino = os.lstat(self.staging).st_ino
+        self.root_stat = os.lstat(self.staging)
+        st_ino = self.root_stat.st_ino
         self._by_ino[st_ino] = self.root_inode
         self._ino_of[self.root_inode] = st_ino
 

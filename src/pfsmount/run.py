@@ -64,6 +64,8 @@ class JobReport:
     outcome: str  # "success", "failed" or "killed"
     problems: list[str] = field(default_factory=list)
     staged_dir: str = ""  # where committed outputs wait when the job did not finish
+    input_bytes: int = 0  # read from the repos through /pfs: what laziness saved shows here
+    input_files: int = 0
 
     def count(self, state: DatumState) -> int:
         return sum(1 for r in self.records if r.state is state)
@@ -128,7 +130,8 @@ def _clear_stale_mount(path: str) -> None:
 
 
 def mount_options() -> set[str]:
-    opts = {"fsname=pfsmount", "subtype=pfsmount", "default_permissions"}
+    # auto_unmount: fusermount3 stays behind and unmounts if we die, even by SIGKILL.
+    opts = {"fsname=pfsmount", "subtype=pfsmount", "default_permissions", "auto_unmount"}
     if os.geteuid() == 0:
         # Lets user code that drops privileges still see /pfs.
         opts.add("allow_other")
@@ -209,6 +212,7 @@ async def run_job(
     report = JobReport(
         job_id=output.job_id, records=loop.records, seconds=time.monotonic() - started,
         output_dir=output.repo_dir, outcome=outcome, problems=problems,
+        input_bytes=fs.stats.bytes_read, input_files=fs.stats.content_opens,
     )
     if outcome == "killed":
         report.staged_dir = output.output_dir
