@@ -1,0 +1,264 @@
+"""The input algebra: turn a spec's input tree and the repo listings into ordered datums.
+
+Datum order (deterministic, so a job's datums and their ids are the same on every run over the
+same repos):
+
+- `pfs`: matching entries in repo listing order (`RepoIndex.entries`: a directory comes right
+  before its contents). Files and directories both match; the root only for the glob "/".
+- `cross`: the cartesian product, first child outermost; a datum's inputs in child order.
+- `union`: the children's datums one after the other.
+- `join`: keys in sorted (string) order; per key, the product of the children's inputs with
+  that key, first child outermost.
+- `group`: keys in sorted order; per key, one datum holding every input with that key, in child
+  order then match order.
+
+Join and group work on *inputs*, as Pachyderm does: each input of each child datum is keyed by
+its own `join_on` / `group_by` template, so a child that is itself a cross is split into its
+inputs. Within a child an input that several child datums share is counted once.
+
+Differences from Pachyderm, all deliberate:
+
+- Pachyderm orders join and group datums by a hash of the key; pfsmount sorts by the key itself
+  so the order is the one a person would predict.
+- Pachyderm lists a directory after names that sort below "/" (`/a b` before `/a/`); pfsmount's
+  listing order keeps each subtree contiguous (`/a`, `/a/x`, `/a b`).
+- For an outer join, a key missing from some child yields the outer-join children's inputs for
+  that key crossed with each other; Pachyderm builds the same datums but may emit one of them
+  once per matching non-outer input. Duplicates are dropped here.
+
+A group datum may hold several inputs of the same name; `Datum.env` then lists each of them in
+order (`images=/pfs/images/a.png`, `images=/pfs/images/b.png`, ...), as Pachyderm does, so a
+program that reads the variable sees the last one and should list `/pfs/<name>` instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import logging
+import struct
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from pfsmount.glob import compile_glob, expand_template, template_groups
+from pfsmount.spec import (
+    CrossInput,
+    GroupInput,
+    Input,
+    JoinInput,
+    PfsInput,
+    SpecError,
+    UnionInput,
+    iter_pfs,
+)
+from pfsmount.store.local import RepoIndex, open_repo
+
+__all__ = [
+    "Datum",
+    "DatumError",
+    "DatumInput",
+    "datum_hash",
+    "datum_id",
+    "expand",
+    "open_repos",
+]
+
+log = logging.getLogger(__name__)
+
+_LENGTH = struct.Struct(">q")
+
+
+class DatumError(SpecError):
+    """Inputs that cannot be expanded into datums; the message names the input and the fix.
+
+    A `SpecError`, because every cause is a spec that bypassed `parse_spec`'s checks, and
+    callers already report `SpecError`s to the user.
+    """
+
+
+@dataclass(frozen=True)
+class DatumInput:
+    """One matched path of one input: what appears at /pfs/<name> for a datum."""
+
+    name: str
+    repo: str
+    branch: str
+    path: str
+    commit: str
+    join_on: str = ""
+    group_by: str = ""
+    empty_files: bool = False
+
+
+@dataclass(frozen=True)
+class Datum:
+    """One unit of work: its id and its inputs, in datum order."""
+
+    id: str
+    inputs: tuple[DatumInput, ...]
+
+    def env(self, mountpoint: str = "/pfs") -> list[tuple[str, str]]:
+        """The per-input environment variables (PACHYDERM.md §4 part 2), in order."""
+        base = mountpoint.rstrip("/")
+        pairs: list[tuple[str, str]] = []
+        for item in self.inputs:
+            location = f"{base}/{item.name}{item.path}".rstrip("/")
+            pairs.append((item.name, location))
+            pairs.append((f"{item.name}_COMMIT", item.commit))
+            if item.join_on:
+                pairs.append((f"PACH_DATUM_{item.name}_JOIN_ON", item.join_on))
+            if item.group_by:
+                pairs.append((f"PACH_DATUM_{item.name}_GROUP_BY", item.group_by))
+        return pairs
+
+
+def _encode(text: str) -> bytes:
+    # Paths that are not valid UTF-8 come from the listing as surrogate escapes; hash their
+    # original bytes.
+    return text.encode("utf-8", "surrogateescape")
+
+
+def _feed(h: hashlib._Hash, text: str) -> None:
+    data = _encode(text)
+    h.update(data)
+    h.update(_LENGTH.pack(len(data)))
+
+
+def datum_id(inputs: Sequence[DatumInput]) -> str:
+    """The datum id: BLAKE2b-256 over each input's name, repo, branch and path, length-suffixed."""
+    h = hashlib.blake2b(digest_size=32)
+    for item in inputs:
+        for part in (item.name, item.repo, item.branch, item.path):
+            _feed(h, part)
+    return h.hexdigest()
+
+
+def datum_hash(datum: Datum, repos: Mapping[str, RepoIndex], salt: str) -> str:
+    """The hash that decides skipping: id, each input's content fingerprint, then the salt.
+
+    Each part is length-suffixed like the parts of the id, so no two sequences collide.
+    """
+    h = hashlib.blake2b(digest_size=32)
+    _feed(h, datum.id)
+    for item in datum.inputs:
+        _feed(h, repos[item.repo].content_fingerprint(item.path))
+    _feed(h, salt)
+    return h.hexdigest()
+
+
+def open_repos(input: Input, data_dir: str) -> dict[str, RepoIndex]:
+    """Open every repo the input tree names, once each (raises `StoreError`)."""
+    repos: dict[str, RepoIndex] = {}
+    for pfs in iter_pfs(input):
+        if pfs.repo not in repos:
+            repos[pfs.repo] = open_repo(data_dir, pfs.repo)
+    return repos
+
+
+def expand(input: Input, repos: Mapping[str, RepoIndex]) -> list[Datum]:
+    """All datums of an input tree, in the order described in the module docstring."""
+    return [_make_datum(inputs) for inputs in _expand(input, repos)]
+
+
+def _make_datum(inputs: Sequence[DatumInput]) -> Datum:
+    return Datum(id=datum_id(inputs), inputs=tuple(inputs))
+
+
+_Inputs = tuple[DatumInput, ...]
+
+
+def _expand(node: Input, repos: Mapping[str, RepoIndex]) -> list[_Inputs]:
+    if isinstance(node, PfsInput):
+        return [(item,) for item in _expand_pfs(node, repos)]
+    children = [_expand(child, repos) for child in node.children]
+    if isinstance(node, CrossInput):
+        return [_concat(combo) for combo in itertools.product(*children)]
+    if isinstance(node, UnionInput):
+        return [inputs for child in children for inputs in child]
+    if isinstance(node, JoinInput):
+        return _join(node, children)
+    if isinstance(node, GroupInput):
+        return _group(children)
+    raise TypeError(f"not an input node: {node!r}")
+
+
+def _concat(parts: Iterable[_Inputs]) -> _Inputs:
+    return tuple(item for part in parts for item in part)
+
+
+def _expand_pfs(pfs: PfsInput, repos: Mapping[str, RepoIndex]) -> list[DatumInput]:
+    repo = repos.get(pfs.repo)
+    if repo is None:
+        raise DatumError(
+            f"input {pfs.name!r}: repo {pfs.repo!r} was not opened (open it with open_repos)"
+        )
+    glob = compile_glob(pfs.glob)
+    for field_name, template in (("join_on", pfs.join_on), ("group_by", pfs.group_by)):
+        missing = sorted(n for n in template_groups(template) if n > glob.ngroups)
+        if missing:
+            raise DatumError(
+                f"input {pfs.name!r}: {field_name} {template!r} refers to capture group "
+                f"${missing[0]}, but the glob {glob.pattern!r} has {glob.ngroups}; add a "
+                "(...) group to the glob or fix the template"
+            )
+    entries = repo.entries if glob.pattern != "/" else repo.entries[:1]
+    matched: list[DatumInput] = []
+    for entry in entries:
+        groups = glob.match(entry.path)
+        if groups is None:
+            continue
+        matched.append(
+            DatumInput(
+                name=pfs.name,
+                repo=pfs.repo,
+                branch=pfs.branch,
+                path=entry.path,
+                commit=repo.commit,
+                join_on=expand_template(pfs.join_on, entry.path, groups),
+                group_by=expand_template(pfs.group_by, entry.path, groups),
+                empty_files=pfs.empty_files,
+            )
+        )
+    if not matched:
+        log.info("input %s: glob %s matches nothing in repo %s", pfs.name, pfs.glob, pfs.repo)
+    return matched
+
+
+def _keyed(child: list[_Inputs], key_of: str) -> dict[str, list[DatumInput]]:
+    """A child's distinct inputs, grouped by their join_on or group_by key, in child order."""
+    by_key: dict[str, list[DatumInput]] = {}
+    seen: set[DatumInput] = set()
+    for inputs in child:
+        for item in inputs:
+            if item in seen:
+                continue
+            seen.add(item)
+            by_key.setdefault(getattr(item, key_of), []).append(item)
+    return by_key
+
+
+def _join(node: JoinInput, children: list[list[_Inputs]]) -> list[_Inputs]:
+    keyed = [_keyed(child, "join_on") for child in children]
+    outer = {(p.name, p.repo, p.branch) for p in iter_pfs(node) if p.outer_join}
+    result: list[_Inputs] = []
+    for key in sorted(set().union(*keyed)):
+        present = [by_key[key] for by_key in keyed if key in by_key]
+        if len(present) < len(keyed):
+            # Unmatched somewhere: only outer-join inputs survive, crossed with each other.
+            present = [
+                kept
+                for kept in (
+                    [i for i in items if (i.name, i.repo, i.branch) in outer] for items in present
+                )
+                if kept
+            ]
+            if not present:
+                continue
+        result.extend(tuple(combo) for combo in itertools.product(*present))
+    return result
+
+
+def _group(children: list[list[_Inputs]]) -> list[_Inputs]:
+    keyed = [_keyed(child, "group_by") for child in children]
+    keys = sorted(set().union(*keyed))
+    return [tuple(item for child in keyed for item in child.get(key, ())) for key in keys]

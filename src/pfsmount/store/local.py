@@ -1,0 +1,197 @@
+"""Repos as plain local directories: `DATA/<repo>/...` is the repo's content.
+
+A `RepoIndex` is one listing of such a directory, taken once and never refreshed, so every datum
+of a job sees the same repo state — the local stand-in for a Pachyderm input commit. Listing
+reads metadata only (lstat, no symlink following); file content is read later, lazily, by
+whoever opens `source(path)`.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import logging
+import os
+import re
+import stat
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+__all__ = ["Entry", "RepoIndex", "StoreError", "open_repo"]
+
+log = logging.getLogger(__name__)
+
+_REPO_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+_ENTRY_RECORD = struct.Struct(">IQq")
+
+
+class StoreError(Exception):
+    """A repo that cannot be used; the message names the repo, the directory and the fix."""
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One file, directory or symlink of a repo, as lstat saw it when the repo was listed."""
+
+    path: str
+    mode: int
+    size: int
+    mtime_ns: int
+
+    @property
+    def is_dir(self) -> bool:
+        return stat.S_ISDIR(self.mode)
+
+    @property
+    def is_file(self) -> bool:
+        return stat.S_ISREG(self.mode)
+
+    @property
+    def is_symlink(self) -> bool:
+        return stat.S_ISLNK(self.mode)
+
+
+def _sort_key(path: str) -> str:
+    # NUL sorts below every character a name can hold, so a directory's descendants come right
+    # after it and before any sibling whose name merely starts with the directory's name.
+    return path.replace("/", "\x00")
+
+
+def _encode(text: str) -> bytes:
+    # Names that are not valid UTF-8 arrive from os.scandir as surrogate escapes; this turns them
+    # back into their original bytes, independent of the locale.
+    return text.encode("utf-8", "surrogateescape")
+
+
+class RepoIndex:
+    """An immutable listing of one repo directory, with O(1) lookup and O(log n) subtrees."""
+
+    def __init__(self, name: str, root: str, entries: list[Entry]) -> None:
+        entries.sort(key=lambda e: _sort_key(e.path))
+        self.name = name
+        self.root = root
+        self.entries: Sequence[Entry] = tuple(entries)
+        self._keys = [_sort_key(e.path) for e in self.entries]
+        self._by_path = {e.path: e for e in self.entries}
+        self._fingerprints: dict[str, str] = {}
+        self.commit = self._digest(self.entries, digest_size=16)
+
+    def __repr__(self) -> str:
+        return f"RepoIndex({self.name!r}, {self.root!r}, {len(self.entries)} entries)"
+
+    def get(self, path: str) -> Entry | None:
+        """The entry at `path` ("/dir/a.txt"; the root is "/"), or None."""
+        return self._by_path.get(path)
+
+    def subtree(self, path: str) -> Sequence[Entry]:
+        """The entry at `path` and all its descendants, in listing order (empty if absent)."""
+        if path == "/":
+            return self.entries
+        key = _sort_key(path)
+        start = bisect.bisect_left(self._keys, key)
+        if start == len(self._keys) or self._keys[start] != key:
+            return ()
+        # Every descendant key is `key + "\x00" + ...`, so all of them sort below `key + "\x01"`.
+        end = bisect.bisect_left(self._keys, key + "\x01", lo=start)
+        return self.entries[start:end]
+
+    def source(self, path: str) -> str:
+        """The absolute filesystem path holding the bytes of the entry at `path`."""
+        relative = path.lstrip("/")
+        return os.path.join(self.root, relative) if relative else self.root
+
+    def content_fingerprint(self, path: str) -> str:
+        """A cheap fingerprint of a subtree's content (paths, modes, sizes, mtimes)."""
+        cached = self._fingerprints.get(path)
+        if cached is None:
+            cached = self._digest(self.subtree(path), digest_size=32)
+            self._fingerprints[path] = cached
+        return cached
+
+    @staticmethod
+    def _digest(entries: Sequence[Entry], digest_size: int) -> str:
+        h = hashlib.blake2b(digest_size=digest_size)
+        for e in entries:
+            name = _encode(e.path)
+            # Length-prefixing each path keeps two different listings from hashing alike.
+            h.update(struct.pack(">I", len(name)))
+            h.update(name)
+            h.update(_ENTRY_RECORD.pack(e.mode, e.size, e.mtime_ns))
+        return h.hexdigest()
+
+
+def open_repo(data_dir: str, repo: str) -> RepoIndex:
+    """List `data_dir/repo` once and return its index; raise `StoreError` if it is unusable."""
+    root = os.path.abspath(os.path.join(data_dir, repo))
+    _check_repo_dir(repo, root)
+    entries = _walk(repo, root)
+    if not any(not e.is_dir for e in entries):
+        raise StoreError(
+            f"repo {repo!r} is empty: {root} contains no files (Pachyderm runs no job on an "
+            f"empty input commit; add the input files under {root})"
+        )
+    index = RepoIndex(repo, root, entries)
+    log.debug("listed repo %s: %d entries, commit %s", repo, len(index.entries), index.commit)
+    return index
+
+
+def _check_repo_dir(repo: str, root: str) -> None:
+    if not _REPO_NAME.fullmatch(repo):
+        raise StoreError(
+            f"repo name {repo!r} is not valid: use only letters, digits, '_' and '-' "
+            "(a repo is one directory directly under the data directory)"
+        )
+    if not os.path.exists(root):
+        raise StoreError(
+            f"repo {repo!r} not found: {root} does not exist (create it, or pass --data DIR "
+            "pointing at the directory that holds your repos)"
+        )
+    if not os.path.isdir(root):
+        raise StoreError(
+            f"repo {repo!r} is not a directory: {root} (a repo must be a directory of files; "
+            "move the file into a directory of that name)"
+        )
+
+
+def _walk(repo: str, root: str) -> list[Entry]:
+    """lstat every entry under `root` with one scandir per directory, no recursion."""
+    try:
+        # The repo directory itself may be a symlink to the real data; follow it at the top only.
+        st = os.stat(root)
+    except OSError as exc:
+        raise StoreError(f"repo {repo!r}: cannot stat {root}: {exc.strerror}") from None
+    entries = [Entry("/", st.st_mode, st.st_size, st.st_mtime_ns)]
+    pending = [("", root)]
+    while pending:
+        prefix, directory = pending.pop()
+        for name, full, st in _scan(repo, directory):
+            mode = st.st_mode
+            path = f"{prefix}/{name}"
+            if stat.S_ISDIR(mode):
+                pending.append((path, full))
+            elif not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
+                log.warning("repo %s: skipping %s: not a regular file, directory or symlink",
+                            repo, full)
+                continue
+            entries.append(Entry(path, mode, st.st_size, st.st_mtime_ns))
+    return entries
+
+
+def _scan(repo: str, directory: str) -> list[tuple[str, str, os.stat_result]]:
+    try:
+        with os.scandir(directory) as it:
+            listing = list(it)
+    except OSError as exc:
+        # Skipping an unreadable directory would silently drop data from the datums.
+        raise StoreError(
+            f"repo {repo!r}: cannot list {directory}: {exc.strerror} (fix its permissions, "
+            "or move it out of the repo)"
+        ) from None
+    result = []
+    for item in listing:
+        try:
+            result.append((item.name, item.path, item.stat(follow_symlinks=False)))
+        except OSError as exc:
+            log.warning("repo %s: skipping %s: cannot stat it (%s)", repo, item.path, exc.strerror)
+    return result
