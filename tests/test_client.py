@@ -15,7 +15,7 @@ from pfsmount.client import (
     ClientError,
     Datum,
     batch_datums,
-    datums,
+    iter_datums,
     next_datum,
     report_error,
     reporting_errors,
@@ -92,7 +92,7 @@ def test_the_channel_is_reused_across_calls() -> None:
 @pytest.mark.usefixtures("port")
 def test_datums_applies_env_and_removes_stale_keys() -> None:
     seen = []
-    for datum in datums():
+    for datum in iter_datums():
         seen.append((datum.id, os.environ["IN"], "ONLY_FIRST" in os.environ))
     assert seen == [("a", "/pfs/in/a", True), ("b", "/pfs/in/b", False), ("c", "/pfs/in/c", False)]
     assert "X" not in os.environ
@@ -102,7 +102,7 @@ def test_datums_applies_env_and_removes_stale_keys() -> None:
 def test_reporting_errors_fails_the_datum_and_carries_on(
     worker: ScriptedWorker, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    for datum in datums():
+    for datum in iter_datums():
         with reporting_errors():
             if datum.id == "b":
                 raise ValueError("bad input")
@@ -112,7 +112,7 @@ def test_reporting_errors_fails_the_datum_and_carries_on(
 
 @pytest.mark.usefixtures("port")
 def test_report_error_by_hand(worker: ScriptedWorker) -> None:
-    for datum in datums():
+    for datum in iter_datums():
         if datum.id == "a":
             report_error("no rows")
         elif datum.id == "c":
@@ -181,11 +181,11 @@ def test_unreachable_worker_fails_fast(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.usefixtures("port")
 def test_package_exports_the_client() -> None:
     from pfsmount import batch_datums as exported_batch_datums
-    from pfsmount import datums as exported_datums
+    from pfsmount import iter_datums as exported_datums
     from pfsmount import next_datum as exported_next_datum
 
     assert exported_batch_datums is batch_datums
-    assert exported_datums is datums
+    assert exported_datums is iter_datums
     assert exported_next_datum is next_datum
 
 

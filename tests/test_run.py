@@ -37,9 +37,9 @@ def test_env_file_and_datum_ids(tmp_path: Path, mnt: Path) -> None:
     write_tree(data / "labels", {"l.txt": "labels"})
     script = write_script(tmp_path / "dump.py", """
         import json, os, sys
-        from pfsmount import datums
+        from pfsmount import iter_datums
         mnt = os.environ["MNT"]
-        for d in datums():
+        for d in iter_datums():
             walk = sorted(
                 os.path.relpath(os.path.join(dp, n), mnt)
                 for dp, dns, fns in os.walk(mnt) for n in dns + fns

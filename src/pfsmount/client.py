@@ -10,9 +10,9 @@ Three ways to use it, from most to least automatic::
 
     process()                            # returns the number of datums processed
 
-    from pfsmount import datums, reporting_errors
+    from pfsmount import iter_datums, reporting_errors
 
-    for datum in datums():               # applies datum.env to os.environ
+    for datum in iter_datums():               # applies datum.env to os.environ
         with reporting_errors():         # an exception fails this datum; the loop goes on
             ...
 
@@ -149,7 +149,7 @@ def report_error(error: BaseException | str) -> None:
         if not _session.has_datum:
             raise ClientError(
                 "no datum is current, so there is nothing to fail: call report_error() "
-                "between next_datum() and the next call, or inside a datums() loop"
+                "between next_datum() and the next call, or inside a iter_datums() loop"
             )
         _session.pending_error = message
 
@@ -168,7 +168,7 @@ def reporting_errors() -> Iterator[None]:
         report_error(exc)
 
 
-def datums() -> Iterator[Datum]:
+def iter_datums() -> Iterator[Datum]:
     """Yield each datum after applying its env to ``os.environ``.
 
     Keys the previous datum set that this one lacks are removed. Fail a datum with
@@ -191,7 +191,7 @@ def batch_datums(fn: Callable[P, object]) -> Callable[P, int]:
     @functools.wraps(fn)
     def run_per_datum(*args: P.args, **kwargs: P.kwargs) -> int:
         count = 0
-        for _ in datums():
+        for _ in iter_datums():
             count += 1
             with reporting_errors():
                 fn(*args, **kwargs)

@@ -241,6 +241,14 @@ class WorkerGone(Exception):
     """
 
 
+class WorkerRefused(Exception):
+    """Raised by the NextDatum callback to refuse a call for a reason the caller must see.
+
+    The call fails with FAILED_PRECONDITION and exactly this message (e.g. Pachyderm's
+    "datum batching not enabled").
+    """
+
+
 class BindError(OSError):
     """The server could not listen on the requested loopback port."""
 
@@ -381,6 +389,8 @@ class WorkerServer:
             return self._next_datum(error, own_client)
         except WorkerGone as exc:
             context.abort(grpc.StatusCode.UNAVAILABLE, str(exc) or "the pfsmount job is over")
+        except WorkerRefused as exc:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
         except Exception as exc:
             logger.exception("NextDatum failed inside the worker")
             context.abort(grpc.StatusCode.INTERNAL, f"pfsmount worker failed: {exc!r}")
