@@ -372,36 +372,6 @@ def test_two_datums_writing_one_path_fail_the_job(tmp_path: Path, mnt: Path) -> 
                      rf"{ids[1]}", result.stderr), result.stderr
 
 
-def test_user_code_exiting_early_fails_the_job(tmp_path: Path, mnt: Path) -> None:
-    data = tmp_path / "data"
-    write_tree(data / "in", {"a": "1", "b": "2", "c": "3"})
-    script = write_script(tmp_path / "quit.py", """
-        import os
-        from pfsmount import next_datum
-        d = next_datum()
-        with open(os.environ["MNT"] + "/out/partial", "w") as f:
-            f.write("half done")
-    """)
-    spec = write_spec(tmp_path / "p.yaml", batching_spec(
-        "quit", _pfs("in", "/*"), ["python3", str(script)], env={"MNT": str(mnt)}))
-    result = run_pfsmount(spec, data, mnt)
-    assert result.returncode == 1, result
-    assert "user code exited with status 0 before the datums ran out" in result.stderr
-    assert "2 of 3 datums never ran" in result.stderr
-    assert read_tree(data / "quit") == {}  # the datum it left behind contributes nothing
-
-
-def test_user_code_that_never_asks_for_a_datum(tmp_path: Path, mnt: Path) -> None:
-    data = tmp_path / "data"
-    write_tree(data / "in", {"a": "1"})
-    spec = write_spec(tmp_path / "p.yaml", batching_spec(
-        "never", _pfs("in", "/*"), ["no-such-program-anywhere"]))
-    result = run_pfsmount(spec, data, mnt)
-    assert result.returncode == 1, result
-    assert "cannot run 'no-such-program-anywhere'" in result.stderr
-    assert "before asking for its first datum" in result.stderr
-
-
 def _slow_job(tmp_path: Path, mnt: Path) -> tuple[Path, Path, Path]:
     data = tmp_path / "data"
     write_tree(data / "in", {f"f{i}": str(i) for i in range(50)})

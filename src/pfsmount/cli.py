@@ -46,6 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
     _data_arg(ls)
     ls.add_argument("--json", action="store_true", help="one JSON record per line")
 
+    lg = sub.add_parser("logs", help="show what the user code printed, per datum")
+    lg.add_argument("pipeline", help="pipeline spec file, or pipeline name")
+    _data_arg(lg)
+    lg.add_argument("--job", default="", help="job id (prefix); default: the latest job")
+    lg.add_argument("--datum", default="", help="only this datum (id prefix)")
+    lg.add_argument("--failed", action="store_true", help="only failed or recovered datums")
+
     nd = sub.add_parser("next-datum",
                         help="(inside user code) finish this datum and wait for the next; "
                              "exit 0 = ready, 3 = no more datums, 1 = error")
@@ -77,6 +84,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_run(args, console)
         if args.command == "list-datums":
             return _cmd_list_datums(args, console)
+        if args.command == "logs":
+            return _cmd_logs(args, console)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     return EXIT_USAGE
@@ -149,11 +158,6 @@ def _cmd_run(args: argparse.Namespace, console: Console) -> int:
         console.error(f"{spec.source}: pipeline.name: '{spec.name}' is also an input repo; the "
                       "output repo would overwrite it (rename the pipeline)")
         return EXIT_USAGE
-    if not spec.transform.datum_batching:
-        console.error(f"{spec.source}: transform.datum_batching: running the cmd once per datum "
-                      "is not supported yet; set `datum_batching: true` and call NextDatum "
-                      "from your code")
-        return EXIT_USAGE
     if not datums:
         console.warn("the input matched no datums; the output will be empty")
     workdir = _workdir(args.spec, spec.transform.working_dir)
@@ -169,7 +173,7 @@ def _cmd_run(args: argparse.Namespace, console: Console) -> int:
     except RunError as exc:
         console.error(str(exc))
         return EXIT_USAGE
-    return _summarize(report, console)
+    return _summarize(report, console, args.spec)
 
 
 def _fmt_bytes(n: int) -> str:
@@ -191,24 +195,34 @@ def _workdir(spec_path: str, working_dir: str | None) -> str:
     return os.path.normpath(os.path.join(spec_dir, working_dir or "."))
 
 
-def _summarize(report, console: Console) -> int:
+def _summarize(report, console: Console, spec_path: str) -> int:
     from pfsmount.worker import DatumState
 
     ok = report.count(DatumState.SUCCESS)
     failed = report.count(DatumState.FAILED)
-    unrun = len(report.records) - ok - failed
+    recovered = report.count(DatumState.RECOVERED)
+    unrun = len(report.records) - ok - failed - recovered
     rate = ok / report.seconds if report.seconds > 0 else 0.0
     for problem in report.problems:
         console.error(problem)
-    for rec in [r for r in report.records if r.state is DatumState.FAILED][:20]:
+    troubled = [r for r in report.records
+                if r.state in (DatumState.FAILED, DatumState.RECOVERED)]
+    for rec in troubled[:20]:
         inputs = ", ".join(f"{i.name}:{i.path}" for i in rec.datum.inputs)
-        console.error(f"datum {rec.datum.id[:12]} ({inputs}) failed: {rec.error}")
-    if failed > 20:
-        console.error(f"... and {failed - 20} more failed datums")
+        tries = f"{rec.attempts} attempt" + ("" if rec.attempts == 1 else "s")
+        console.error(f"datum {rec.datum.id[:12]} ({inputs}) {rec.state.value} after {tries}: "
+                      f"{rec.error}")
+    if len(troubled) > 20:
+        console.error(f"... and {len(troubled) - 20} more failed or recovered datums")
+    if troubled:
+        console.info(f"their output: pfsmount logs {spec_path} --failed "
+                     "(or --datum ID for one datum)")
     verdict = {"success": "succeeded", "failed": "FAILED", "killed": "was KILLED"}[report.outcome]
     console.info(
         f"job {report.job_id[:12]} {verdict}: {ok} datums processed, {failed} failed"
+        + (f", {recovered} recovered" if recovered else "")
         + (f", {unrun} not run" if unrun else "")
+        + (f", user code restarted {report.restarts} times" if report.restarts else "")
         + f", in {report.seconds:.1f}s ({rate:.1f} datums/s)"
     )
     files = f"{report.input_files} input file" + ("" if report.input_files == 1 else "s")
@@ -219,3 +233,53 @@ def _summarize(report, console: Console) -> int:
         return EXIT_INTERRUPTED
     console.info(f"output: {report.output_dir}")
     return EXIT_OK if report.outcome == "success" else EXIT_FAILED
+
+
+def _cmd_logs(args: argparse.Namespace, console: Console) -> int:
+    from pfsmount.joblog import job_records, read_lines
+
+    data_dir = os.path.abspath(args.data or _default_data_dir())
+    pipeline = _pipeline_name(args.pipeline, console)
+    if pipeline is None:
+        return EXIT_USAGE
+    jobs = job_records(data_dir, pipeline)
+    if args.job:
+        jobs = [j for j in jobs if j["job_id"].startswith(args.job)]
+    if not jobs:
+        console.error(f"no recorded job of pipeline '{pipeline}' in {data_dir}"
+                      + (f" matches '{args.job}'" if args.job else "")
+                      + " (run it first, or pass --data DIR)")
+        return EXIT_USAGE
+    job = jobs[-1]
+    wanted: set[str] | None = None
+    if args.failed:
+        wanted = {d["id"] for d in job["datums"] if d["state"] in ("failed", "recovered")}
+    if args.datum:
+        matches = {d["id"] for d in job["datums"] if d["id"].startswith(args.datum)}
+        if not matches:
+            console.error(f"job {job['job_id'][:12]} has no datum whose id starts with "
+                          f"'{args.datum}' (see `pfsmount list-datums`)")
+            return EXIT_USAGE
+        wanted = matches if wanted is None else wanted & matches
+    out = sys.stdout
+    for line in read_lines(data_dir, pipeline, job["job_id"]):
+        if wanted is not None and line.datum not in wanted:
+            continue
+        tag = f"{line.datum[:12] or '-':12} #{line.attempt}"
+        if line.source != "user":
+            tag += f" {line.source}"
+        out.write(f"[{tag} {line.stream}] {line.text}\n")
+    return EXIT_OK
+
+
+def _pipeline_name(arg: str, console: Console) -> str | None:
+    """A pipeline name, or the name inside a spec file."""
+    if not os.path.isfile(arg):
+        return arg
+    from pfsmount.spec import SpecError, load_spec
+
+    try:
+        return load_spec(arg).name
+    except SpecError as exc:
+        console.error(str(exc))
+        return None

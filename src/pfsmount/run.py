@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 import os
 import shutil
 import signal
@@ -24,14 +25,15 @@ from dataclasses import dataclass, field
 import pyfuse3
 import trio
 
-from pfsmount import usercode
 from pfsmount.console import Console
 from pfsmount.datums import Datum
 from pfsmount.fs import PfsOperations
+from pfsmount.joblog import JobLog
 from pfsmount.output import JobOutput, clear_abandoned_jobs
 from pfsmount.protocol import WorkerServer
 from pfsmount.spec import PipelineSpec
 from pfsmount.store.local import RepoIndex
+from pfsmount.supervisor import Supervisor, fmt_seconds
 from pfsmount.worker import Bridge, DatumLoop, DatumRecord, DatumState
 
 log = logging.getLogger(__name__)
@@ -64,6 +66,8 @@ class JobReport:
     outcome: str  # "success", "failed" or "killed"
     problems: list[str] = field(default_factory=list)
     staged_dir: str = ""  # where committed outputs wait when the job did not finish
+    restarts: int = 0  # times the user code was started again after dying
+    log_path: str = ""
     input_bytes: int = 0  # read from the repos through /pfs: what laziness saved shows here
     input_files: int = 0
 
@@ -181,11 +185,15 @@ async def run_job(
         log.info("removed staging of an interrupted earlier run (%s)", name)
     prepare_mountpoint(opts.mountpoint)
     output = JobOutput(opts.data_dir, spec.name)
+    joblog = JobLog(opts.data_dir, spec.name, output.job_id)
     bin_dir = tempfile.mkdtemp(prefix="pfsmount-bin-")
+    started_wall = time.time()
     started = time.monotonic()
     fs = PfsOperations()
     loop = DatumLoop(
-        datums, repos, fs, output, {}, os.path.abspath(opts.mountpoint),
+        datums, repos, fs, output, os.path.abspath(opts.mountpoint),
+        tries=spec.datum_tries, datum_timeout=spec.datum_timeout,
+        batching=spec.transform.datum_batching,
         on_progress=lambda lp: console.progress(lp.closed_count, lp.count(DatumState.FAILED)),
     )
     try:
@@ -197,12 +205,14 @@ async def run_job(
                        "(is /dev/fuse present, and are you root?)") from None
     problems: list[str] = []
     outcome = "failed"
+    restarts = 0
     try:
         async with trio.open_nursery() as fs_nursery:
             fs_nursery.start_soon(pyfuse3.main)
             try:
                 write_shims(bin_dir)
-                outcome = await _serve(spec, loop, opts, console, bin_dir, problems)
+                outcome, restarts = await _serve(spec, loop, opts, console, bin_dir, joblog,
+                                                 problems)
             finally:
                 pyfuse3.terminate()
     finally:
@@ -213,14 +223,30 @@ async def run_job(
         job_id=output.job_id, records=loop.records, seconds=time.monotonic() - started,
         output_dir=output.repo_dir, outcome=outcome, problems=problems,
         input_bytes=fs.stats.bytes_read, input_files=fs.stats.content_opens,
+        restarts=restarts, log_path=joblog.lines_path,
     )
     if outcome == "killed":
         report.staged_dir = output.output_dir
-        return report
-    if report.count(DatumState.FAILED) and outcome == "success":
-        report.outcome = "failed"
-    await trio.to_thread.run_sync(output.publish)
+    else:
+        if report.count(DatumState.FAILED) and outcome == "success":
+            report.outcome = "failed"
+        await trio.to_thread.run_sync(output.publish)
+    joblog.close(_job_record(spec, report, started_wall))
     return report
+
+
+def _job_record(spec: PipelineSpec, report: JobReport, started: float) -> dict[str, object]:
+    return {
+        "job_id": report.job_id, "pipeline": spec.name, "started": started,
+        "ended": time.time(), "outcome": report.outcome, "problems": report.problems,
+        "datums": [
+            {"id": r.datum.id, "state": r.state.value, "attempts": r.attempts,
+             "error": r.error, "seconds": round(r.seconds, 3),
+             "inputs": [{"name": i.name, "repo": i.repo, "path": i.path}
+                        for i in r.datum.inputs]}
+            for r in report.records
+        ],
+    }
 
 
 async def _serve(
@@ -229,9 +255,10 @@ async def _serve(
     opts: RunOptions,
     console: Console,
     bin_dir: str,
+    joblog: JobLog,
     problems: list[str],
-) -> str:
-    """Run the user code against the datum loop; returns the job's outcome."""
+) -> tuple[str, int]:
+    """Run the user code against the datum loop; returns the outcome and the restarts."""
     token = trio.lowlevel.current_trio_token()
     server = WorkerServer(Bridge(loop, token), port=opts.port)
     try:
@@ -239,40 +266,32 @@ async def _serve(
     except OSError as exc:
         raise RunError(str(exc)) from None
     env = user_env(spec, port, bin_dir)
-    loop.set_base_env(env)
+    sup = Supervisor(loop, spec, console, joblog, env, workdir=opts.workdir,
+                     stop_grace=opts.stop_grace, exit_grace=opts.exit_grace, problems=problems)
     console.start_progress(len(loop.records))
     interrupted: list[str] = []
+    outcome = "killed"
     try:
         async with trio.open_nursery() as nursery:
-            proc = await usercode.start(
-                nursery, spec.transform.cmd, env, opts.workdir,
-                spec.transform.stdin, console.user_line,
-            )
-            try:
-                with trio.CancelScope() as scope:
-                    nursery.start_soon(_watch_signals, scope, interrupted)
-                    outcome = await _until_done(loop, proc, opts, problems)
-                    scope.cancel()
-                if interrupted:
-                    outcome = "killed"
-                    problems.append(f"interrupted by {interrupted[0]}")
-                    await loop.abort(f"job interrupted by {interrupted[0]}")
-            finally:
-                with trio.CancelScope(shield=True):
-                    loop.close()
-                    await proc.stop(opts.stop_grace)
-                    # Output pipes may be held open by escaped grandchildren; don't wait.
-                    with trio.move_on_after(1.0):
-                        await _drain(nursery)
-                    nursery.cancel_scope.cancel()
+            nursery.start_soon(_watch_signals, nursery.cancel_scope, interrupted)
+            with trio.move_on_after(spec.job_timeout or math.inf) as job_scope:
+                outcome = await sup.run()
+            if job_scope.cancelled_caught:
+                outcome = "killed"
+                problems.append(f"job_timeout of {fmt_seconds(spec.job_timeout or 0)} expired; "
+                                "the job was stopped")
+            nursery.cancel_scope.cancel()
+        if interrupted:
+            outcome = "killed"
+            problems.append(f"interrupted by {interrupted[0]}")
     finally:
-        server.stop(grace=0)
-    return outcome
-
-
-async def _drain(nursery: trio.Nursery) -> None:
-    while len(nursery.child_tasks) > 0:
-        await trio.sleep(0.01)
+        with trio.CancelScope(shield=True):
+            loop.close()
+            await sup.stop_all()
+            if outcome == "killed":
+                await loop.abort("the job was stopped while this datum was running")
+            server.stop(grace=0)
+    return outcome, sup.restarts
 
 
 async def _watch_signals(scope: trio.CancelScope, interrupted: list[str]) -> None:
@@ -281,50 +300,3 @@ async def _watch_signals(scope: trio.CancelScope, interrupted: list[str]) -> Non
             interrupted.append(signal.Signals(signum).name)
             scope.cancel()
             return
-
-
-async def _until_done(
-    loop: DatumLoop, proc: usercode.UserProcess, opts: RunOptions, problems: list[str]
-) -> str:
-    """Wait until the datums run out or the user code exits, whichever comes first."""
-    either = trio.Event()
-
-    async def on_exit() -> None:
-        await proc.wait()
-        either.set()
-
-    async def on_finish() -> None:
-        await loop.finished.wait()
-        either.set()
-
-    async with trio.open_nursery() as n:
-        n.start_soon(on_exit)
-        n.start_soon(on_finish)
-        await either.wait()
-        n.cancel_scope.cancel()
-
-    if loop.finished.is_set():
-        if loop.last_caller_own:
-            with trio.move_on_after(opts.exit_grace) as waited:
-                await proc.wait()
-            if waited.cancelled_caught:
-                log.warning("user code did not exit within %.0fs of the last datum; stopping it",
-                            opts.exit_grace)
-        return "success"
-
-    code = proc.returncode if proc.returncode is not None else 0
-    if not loop.started:
-        problem = (
-            f"user code {usercode.describe_exit(code)} before asking for its first datum; with "
-            "datum_batching it must call NextDatum (pfsmount's client, `pachctl next datum` or "
-            "pachyderm-sdk's batch_all_datums) — check transform.cmd"
-        )
-    else:
-        remaining = len(loop.records) - loop.closed_count - (1 if loop.current else 0)
-        problem = (
-            f"user code {usercode.describe_exit(code)} before the datums ran out "
-            f"({remaining} of {len(loop.records)} datums never ran)"
-        )
-    problems.append(problem)
-    await loop.abort(f"user code {usercode.describe_exit(code)} while this datum was current")
-    return "failed"

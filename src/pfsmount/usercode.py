@@ -35,7 +35,7 @@ def describe_exit(code: int) -> str:
     return f"exited with status {code}"
 
 
-@dataclass
+@dataclass(eq=False)
 class UserProcess:
     """A running user program (its reaper is the process group leader)."""
 

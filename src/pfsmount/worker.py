@@ -1,19 +1,25 @@
-"""The datum loop: what one NextDatum call does, and the record of every datum.
+"""The datum loop: what finishing a datum attempt and presenting the next one do.
 
-A call closes the current datum (commit its /pfs/out, or drop it when the call reports an
-error), then prepares the next datum's view and staging directory off the trio thread,
-and finally swaps /pfs to it in one step. Calls are serialized by a lock, as Pachyderm
-does. The gRPC threads reach this code through `Bridge`, which hands each call to the
-trio thread and waits for its answer.
+Closing an attempt commits its /pfs/out (success) or, on failure, runs `err_cmd` while the
+failed datum is still in /pfs, drops its output, and either marks it RECOVERED (err_cmd
+exited 0), schedules it again (tries remain) or marks it FAILED. Presenting a datum builds
+its view and staging directory off the trio thread and swaps /pfs in one step.
+
+Both drivers use this loop: with datum batching the user code's NextDatum calls arrive
+through `Bridge` (serialized by a lock, as Pachyderm does); without it `supervisor.py`
+advances the loop itself once per process. When a user process dies or times out, the
+supervisor `pause`s the loop first, so a late call from the dying process can never close
+or take a datum that belongs to its successor.
 """
 
 from __future__ import annotations
 
+import collections
 import enum
 import logging
 import re
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import trio
@@ -22,7 +28,7 @@ from pfsmount.datums import Datum
 from pfsmount.fs import PfsOperations
 from pfsmount.outdir import OutTree
 from pfsmount.output import JobOutput, OutputConflict
-from pfsmount.protocol import Reply, WorkerGone
+from pfsmount.protocol import Reply, WorkerGone, WorkerRefused
 from pfsmount.store.local import RepoIndex
 from pfsmount.view import View, build_view, empty_view
 
@@ -37,6 +43,10 @@ class DatumState(enum.Enum):
     RUNNING = "running"
     SUCCESS = "success"
     FAILED = "failed"
+    RECOVERED = "recovered"
+
+
+FINAL_STATES = frozenset({DatumState.SUCCESS, DatumState.FAILED, DatumState.RECOVERED})
 
 
 @dataclass
@@ -45,6 +55,7 @@ class DatumRecord:
 
     datum: Datum
     state: DatumState = DatumState.PENDING
+    attempts: int = 0
     error: str = ""
     started: float = 0.0
     seconds: float = 0.0
@@ -56,6 +67,11 @@ class _Current:
     record: DatumRecord
     view: View
     out: OutTree
+    env: list[tuple[str, str]]
+
+
+# (failed record, its env) -> err_cmd's exit status
+ErrCmdRunner = Callable[[DatumRecord, Mapping[str, str]], Awaitable[int]]
 
 
 def datum_env(
@@ -94,7 +110,7 @@ def env_file(env: Sequence[tuple[str, str]], datum_keys: frozenset[str] = frozen
 
 
 class DatumLoop:
-    """Hands out datums one NextDatum call at a time."""
+    """Hands out datum attempts and records how each one ended."""
 
     def __init__(
         self,
@@ -102,28 +118,40 @@ class DatumLoop:
         repos: Mapping[str, RepoIndex],
         fs: PfsOperations,
         output: JobOutput,
-        base_env: Mapping[str, str],
         mountpoint: str,
+        *,
+        tries: int = 3,
+        datum_timeout: float | None = None,
+        batching: bool = True,
         on_progress: Callable[[DatumLoop], None] = lambda loop: None,
     ) -> None:
         self.records = [DatumRecord(d) for d in datums]
         self._repos = repos
         self._fs = fs
         self._output = output
-        self._base_env = dict(base_env)
         self._mountpoint = mountpoint
+        self._tries = tries
+        self._datum_timeout = datum_timeout
+        self._batching = batching
         self._on_progress = on_progress
+        self._base_env: dict[str, str] = {}
+        self._err_cmd: ErrCmdRunner | None = None
         self._lock = trio.Lock()
-        self._next = 0
+        self._pending = collections.deque(self.records)
         self._current: _Current | None = None
         self._closed = False
-        self.started = False
-        self.finished = trio.Event()  # every datum handed out and closed
+        self._paused = False
+        self._generation = 0
+        self.process_calls = 0  # NextDatum calls made by the current user process
+        self.finished = trio.Event()  # every datum has reached a final state
         self.last_caller_own = False  # was the final call made by a pfsmount client?
+        self.deadline: float | None = None  # trio clock time the current attempt times out
+        self.changed = trio.Event()  # set (and replaced) whenever the current attempt changes
 
-    def set_base_env(self, env: Mapping[str, str]) -> None:
-        """The user process's environment, which every datum's env starts from."""
-        self._base_env = dict(env)
+    def configure(self, base_env: Mapping[str, str], err_cmd: ErrCmdRunner | None) -> None:
+        """The user process's environment (every datum's env starts from it) and err_cmd."""
+        self._base_env = dict(base_env)
+        self._err_cmd = err_cmd
 
     # ----- queries --------------------------------------------------------------------
 
@@ -132,40 +160,111 @@ class DatumLoop:
 
     @property
     def closed_count(self) -> int:
-        return self.count(DatumState.SUCCESS) + self.count(DatumState.FAILED)
+        return sum(1 for r in self.records if r.state in FINAL_STATES)
 
     @property
     def current(self) -> DatumRecord | None:
         return self._current.record if self._current else None
 
-    # ----- the protocol ---------------------------------------------------------------
+    # ----- the protocol (datum batching) ----------------------------------------------
 
     async def next_datum(self, error: str, own_client: bool) -> Reply:
-        """Close the current datum (failed if `error`), then present the next one."""
+        """A NextDatum call: close the current attempt (failed if `error`), present the next."""
+        if not self._batching:
+            raise WorkerRefused("datum batching not enabled")
+        generation = self._generation
+        if self._paused:
+            raise WorkerGone("this user process is being stopped")
         async with self._lock:
             if self._closed:
                 raise WorkerGone("the job is over: pfsmount is shutting down")
-            self.started = True
-            if self._current is not None:
-                await self._close_current(error)
+            if generation != self._generation:
+                raise WorkerGone("this user process is being stopped")
+            self.process_calls += 1
             self.last_caller_own = own_client
-            if self._next >= len(self.records):
-                self._fs.show(empty_view(self._fs.inodes), None)
-                self.finished.set()
-                return Reply(env=(), done=True)
-            record = self.records[self._next]
-            self._next += 1
-            env = await self._present(record)
-            return Reply(env=tuple(f"{k}={v}" for k, v in env), datum_id=record.datum.id)
+            if self._current is not None:
+                await self._close_attempt(error)
+            return await self._advance()
+
+    # ----- the supervisor's side ------------------------------------------------------
+
+    async def advance(self, error: str) -> Reply:
+        """Close the current attempt (failed if `error`) and present the next: classic mode."""
+        async with self._lock:
+            if self._closed:
+                raise WorkerGone("the job is over")
+            if self._current is not None:
+                await self._close_attempt(error)
+            return await self._advance()
+
+    async def pause(self, attempt: tuple[DatumRecord, int] | None = None) -> bool:
+        """Stop serving the current process; False if `attempt` is no longer current.
+
+        Calls made by the process from now on, or already waiting, are refused, so a process
+        being stopped cannot move the loop. `attempt` guards a timeout against a datum that
+        finished in the meantime.
+        """
+        async with self._lock:
+            cur = self._current
+            if attempt is not None and (cur is None or (cur.record, cur.record.attempts)
+                                        != attempt):
+                return False
+            self._paused = True
+            self._generation += 1
+            return True
+
+    async def process_died(self, reason: str) -> None:
+        """The paused process is gone: its datum attempt (if any) failed for `reason`."""
+        async with self._lock:
+            if self._current is not None:
+                await self._close_attempt(reason)
+            self._show_nothing()
+            if not self._pending:
+                self.finished.set()  # that was the last datum: no successor is needed
+
+    def resume(self) -> None:
+        """A fresh user process is starting; its first call only says it is ready."""
+        self._paused = False
+        self.process_calls = 0
+
+    async def abort(self, reason: str) -> None:
+        """End the loop early: the attempt in progress fails for good and /pfs empties."""
+        async with self._lock:
+            self._closed = True
+            cur = self._current
+            if cur is not None:
+                self._current = None
+                cur.out.closed = True
+                self._finish(cur.record, DatumState.FAILED, reason)
+                await trio.to_thread.run_sync(self._output.discard, cur.out.staging)
+            self._show_nothing()
+
+    def close(self) -> None:
+        """Refuse every further call (the job is ending)."""
+        self._closed = True
+
+    def current_attempt(self) -> tuple[DatumRecord, int] | None:
+        cur = self._current
+        return (cur.record, cur.record.attempts) if cur else None
+
+    # ----- internals ------------------------------------------------------------------
+
+    async def _advance(self) -> Reply:
+        if not self._pending:
+            self._show_nothing()
+            self.finished.set()
+            return Reply(env=(), done=True)
+        record = self._pending.popleft()
+        env = await self._present(record)
+        return Reply(env=tuple(f"{k}={v}" for k, v in env), datum_id=record.datum.id)
 
     async def _present(self, record: DatumRecord) -> list[tuple[str, str]]:
         env = datum_env(record.datum, self._base_env, self._output.job_id, self._mountpoint)
-
         datum_keys = frozenset(k for k, _ in env if k not in self._base_env)
 
         def prepare() -> tuple[View, OutTree]:
-            text = env_file(env, datum_keys)
-            view = build_view(record.datum, self._repos, text, self._fs.inodes)
+            view = build_view(record.datum, self._repos, env_file(env, datum_keys),
+                              self._fs.inodes)
             out = OutTree(self._output.new_staging(), self._fs.inodes)
             return view, out
 
@@ -173,50 +272,77 @@ class DatumLoop:
         # and only the swap itself happens on the trio thread.
         view, out = await trio.to_thread.run_sync(prepare)
         record.state = DatumState.RUNNING
+        record.attempts += 1
         record.started = time.monotonic()
-        self._current = _Current(record, view, out)
+        self._current = _Current(record, view, out, env)
         self._fs.show(view, out)
+        self.deadline = (trio.current_time() + self._datum_timeout
+                         if self._datum_timeout else None)
+        self._signal_change()
         return env
 
-    async def _close_current(self, error: str) -> None:
+    def _show_nothing(self) -> None:
+        self._fs.show(empty_view(self._fs.inodes), None)
+        self.deadline = None
+        self._signal_change()
+
+    def _signal_change(self) -> None:
+        self.changed.set()
+        self.changed = trio.Event()
+
+    async def _close_attempt(self, error: str) -> None:
         cur = self._current
         assert cur is not None
-        self._current = None
         cur.out.closed = True
         record = cur.record
-        record.seconds = time.monotonic() - record.started
-        if error:
-            self._fail(record, error)
-            await trio.to_thread.run_sync(self._output.discard, cur.out.staging)
-        else:
+        record.seconds += time.monotonic() - record.started
+        if not error:
             try:
                 record.output_files = await trio.to_thread.run_sync(
                     self._output.commit, cur.out.staging, record.datum.id)
-                record.state = DatumState.SUCCESS
             except OutputConflict as exc:
-                self._fail(record, str(exc))
+                # Deterministic: another try would write the same path again.
+                self._current = None
+                self._finish(record, DatumState.FAILED, str(exc))
                 await trio.to_thread.run_sync(self._output.discard, cur.out.staging)
+                return
             except OSError as exc:
-                self._fail(record, f"could not commit its output: {exc}")
-                await trio.to_thread.run_sync(self._output.discard, cur.out.staging)
-        self._on_progress(self)
+                error = f"could not commit its output: {exc}"
+            else:
+                self._current = None
+                self._finish(record, DatumState.SUCCESS, "")
+                return
+        await self._failed_attempt(cur, error)
 
-    def _fail(self, record: DatumRecord, error: str) -> None:
-        record.state = DatumState.FAILED
+    async def _failed_attempt(self, cur: _Current, error: str) -> None:
+        record = cur.record
         record.error = error
-        log.warning("datum %s failed: %s", record.datum.id[:12], error)
+        recovered = False
+        if self._err_cmd is not None:
+            # The failed datum is still what /pfs shows while err_cmd runs.
+            code = await self._err_cmd(record, dict(cur.env))
+            recovered = code == 0
+        self._current = None
+        await trio.to_thread.run_sync(self._output.discard, cur.out.staging)
+        if recovered:
+            self._finish(record, DatumState.RECOVERED, error)
+        elif record.attempts < self._tries:
+            record.state = DatumState.PENDING
+            self._pending.appendleft(record)  # Pachyderm retries a datum right away
+            log.warning("datum %s attempt %d of %d failed: %s; trying again",
+                        record.datum.id[:12], record.attempts, self._tries, error)
+        else:
+            self._finish(record, DatumState.FAILED, error)
 
-    async def abort(self, reason: str) -> None:
-        """End the loop early: the datum in progress fails and /pfs empties."""
-        async with self._lock:
-            self._closed = True
-            if self._current is not None:
-                await self._close_current(reason)
-            self._fs.show(empty_view(self._fs.inodes), None)
-
-    def close(self) -> None:
-        """Refuse every further call (the job is ending)."""
-        self._closed = True
+    def _finish(self, record: DatumRecord, state: DatumState, error: str) -> None:
+        record.state = state
+        record.error = error
+        if state is DatumState.FAILED:
+            log.warning("datum %s failed after %d attempt%s: %s", record.datum.id[:12],
+                        record.attempts, "" if record.attempts == 1 else "s", error)
+        elif state is DatumState.RECOVERED:
+            log.warning("datum %s recovered by err_cmd after: %s", record.datum.id[:12], error)
+        self._on_progress(self)
 
 
 class Bridge:

@@ -1,0 +1,84 @@
+"""Per-job records on disk: every line the user code wrote, tagged with its datum, and how
+each datum ended. `pfsmount logs` reads them after the fact.
+
+    DATA/.pfsmount/<pipeline>/logs/<job-id>.jsonl   one JSON object per output line
+    DATA/.pfsmount/<pipeline>/logs/<job-id>.json    the job's outcome and its datums
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+from pfsmount.output import WORK_DIR
+
+
+def logs_dir(data_dir: str, pipeline: str) -> str:
+    return os.path.join(data_dir, WORK_DIR, pipeline, "logs")
+
+
+@dataclass
+class LogLine:
+    """One line of user output as it was recorded."""
+
+    time: float
+    datum: str  # datum id, "" when no datum was current
+    attempt: int
+    source: str  # "user" or "err_cmd"
+    stream: str  # "stdout" or "stderr"
+    text: str
+
+
+class JobLog:
+    """Appends the user code's output lines of one job, tagged with their datum."""
+
+    def __init__(self, data_dir: str, pipeline: str, job_id: str) -> None:
+        directory = logs_dir(data_dir, pipeline)
+        os.makedirs(directory, exist_ok=True)
+        self.lines_path = os.path.join(directory, f"{job_id}.jsonl")
+        self.record_path = os.path.join(directory, f"{job_id}.json")
+        self._file: TextIO = open(self.lines_path, "a", encoding="utf-8")  # noqa: SIM115
+
+    def line(self, datum: str, attempt: int, source: str, stream: str, text: bytes) -> None:
+        record = {"t": round(time.time(), 3), "datum": datum, "attempt": attempt,
+                  "source": source, "stream": stream,
+                  "text": text.decode(errors="replace")}
+        self._file.write(json.dumps(record) + "\n")
+
+    def close(self, job: dict[str, Any]) -> None:
+        """Flush the lines and write the job's record beside them."""
+        self._file.close()
+        tmp = self.record_path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(job, f, indent=1)
+        os.replace(tmp, self.record_path)
+
+
+def job_records(data_dir: str, pipeline: str) -> list[dict[str, Any]]:
+    """Every recorded job of `pipeline`, oldest first."""
+    directory = logs_dir(data_dir, pipeline)
+    if not os.path.isdir(directory):
+        return []
+    jobs = []
+    for name in os.listdir(directory):
+        if name.endswith(".json"):
+            with open(os.path.join(directory, name), encoding="utf-8") as f:
+                jobs.append(json.load(f))
+    return sorted(jobs, key=lambda j: j.get("started", 0))
+
+
+def read_lines(data_dir: str, pipeline: str, job_id: str) -> Iterator[LogLine]:
+    path = os.path.join(logs_dir(data_dir, pipeline), f"{job_id}.jsonl")
+    with open(path, encoding="utf-8") as f:
+        for raw in f:
+            r = json.loads(raw)
+            yield LogLine(r["t"], r["datum"], r["attempt"], r["source"], r["stream"], r["text"])
+
+
+def select(lines: Sequence[LogLine] | Iterator[LogLine], datums: set[str] | None) -> list[LogLine]:
+    """The lines of the given datums (None: all lines)."""
+    return [ln for ln in lines if datums is None or ln.datum in datums]

@@ -1,0 +1,236 @@
+"""Keeping user code running against the datum loop, in both of Pachyderm's modes.
+
+With datum batching one process serves many datums. When it exits (whatever its status),
+is killed, or overstays `datum_timeout`, its datum attempt fails, `err_cmd` runs, the
+process group is stopped and a fresh process is started; the datum is retried when that
+process asks for it. A process that dies before asking for any datum several times in a
+row is a crash loop and fails the job instead of spinning.
+
+Without datum batching (Pachyderm's default) `cmd` runs once per datum with the datum's
+environment as its own; exit 0 is success.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping
+
+import trio
+
+from pfsmount import usercode
+from pfsmount.console import Console
+from pfsmount.joblog import JobLog
+from pfsmount.spec import PipelineSpec
+from pfsmount.worker import DatumLoop, DatumRecord
+
+log = logging.getLogger(__name__)
+
+MAX_CRASH_RESTARTS = 3  # consecutive deaths before the first NextDatum call
+
+
+def fmt_seconds(seconds: float) -> str:
+    return f"{seconds:g}s"
+
+
+class Supervisor:
+    """Runs the user code of one job and drives `loop` with it."""
+
+    def __init__(
+        self,
+        loop: DatumLoop,
+        spec: PipelineSpec,
+        console: Console,
+        joblog: JobLog,
+        env: Mapping[str, str],
+        *,
+        workdir: str | None,
+        stop_grace: float,
+        exit_grace: float,
+        problems: list[str],
+    ) -> None:
+        self.loop = loop
+        self.spec = spec
+        self.console = console
+        self.joblog = joblog
+        self.env = dict(env)
+        self.workdir = workdir
+        self.stop_grace = stop_grace
+        self.exit_grace = exit_grace
+        self.problems = problems
+        self.restarts = 0
+        self._live: set[usercode.UserProcess] = set()
+        self._nursery: trio.Nursery | None = None
+
+    async def run(self) -> str:
+        """Process every datum; returns "success" when the loop completed, else "failed"."""
+        t = self.spec.transform
+        self.loop.configure(self.env, self._run_err_cmd if t.err_cmd else None)
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            try:
+                if t.datum_batching:
+                    return await self._batching()
+                return await self._classic()
+            finally:
+                with trio.CancelScope(shield=True):
+                    await self.stop_all()
+                    # Output pipes may be held open by escaped grandchildren; don't wait.
+                    with trio.move_on_after(1.0):
+                        while len(nursery.child_tasks) > 0:
+                            await trio.sleep(0.01)
+                    nursery.cancel_scope.cancel()
+
+    async def stop_all(self) -> None:
+        """Stop every process this supervisor started that may still run."""
+        for proc in list(self._live):
+            await proc.stop(self.stop_grace)
+            self._live.discard(proc)
+
+    # ----- starting processes ---------------------------------------------------------
+
+    async def _start(self, cmd: tuple[str, ...], env: Mapping[str, str], stdin: tuple[str, ...],
+                     sink: usercode.LineSink) -> usercode.UserProcess:
+        assert self._nursery is not None
+        proc = await usercode.start(self._nursery, cmd, env, self.workdir, stdin, sink)
+        self._live.add(proc)
+        return proc
+
+    async def _stop(self, proc: usercode.UserProcess) -> None:
+        with trio.CancelScope(shield=True):
+            await proc.stop(self.stop_grace)
+        self._live.discard(proc)
+
+    def _user_sink(self, stream: str, line: bytes) -> None:
+        record = self.loop.current
+        self.console.user_line(stream, line)
+        self.joblog.line(record.datum.id if record else "", record.attempts if record else 0,
+                         "user", stream, line)
+
+    async def _run_err_cmd(self, record: DatumRecord, env: Mapping[str, str]) -> int:
+        def sink(stream: str, line: bytes) -> None:
+            self.console.user_line(stream, line)
+            self.joblog.line(record.datum.id, record.attempts, "err_cmd", stream, line)
+
+        t = self.spec.transform
+        proc = await self._start(t.err_cmd, env, t.err_stdin, sink)
+        timeout = self.spec.datum_timeout or math.inf
+        with trio.move_on_after(timeout) as scope:
+            code = await proc.wait()
+        await self._stop(proc)
+        if scope.cancelled_caught:
+            log.warning("err_cmd for datum %s overran datum_timeout and was stopped",
+                        record.datum.id[:12])
+            return -1
+        log.info("err_cmd for datum %s %s", record.datum.id[:12], usercode.describe_exit(code))
+        return code
+
+    # ----- datum batching -------------------------------------------------------------
+
+    async def _batching(self) -> str:
+        crashes = 0
+        cmd = self.spec.transform
+        while True:
+            self.loop.resume()
+            proc = await self._start(cmd.cmd, self.env, cmd.stdin, self._user_sink)
+            event = await self._wait(proc)
+            if event == "finished":
+                await self._end_after_last(proc)
+                return "success"
+            calls = self.loop.process_calls
+            if event == "timeout":
+                reason = (f"datum_timeout of {fmt_seconds(self.spec.datum_timeout or 0)} "
+                          "expired; the user code was stopped")
+            else:
+                await self.loop.pause()
+                reason = f"user code {usercode.describe_exit(proc.returncode or 0)}"
+            await self._stop(proc)
+            await self.loop.process_died(reason)
+            if self.loop.finished.is_set():
+                return "success"
+            crashes = crashes + 1 if calls == 0 else 0
+            if crashes >= MAX_CRASH_RESTARTS:
+                problem = (f"user code {usercode.describe_exit(proc.returncode or 0)} before "
+                           f"asking for a datum, {crashes} times in a row; stopping instead of "
+                           "restarting it again (crash loop)")
+                if not self.spec.transform.datum_batching or calls == 0:
+                    problem += (": with datum_batching it must call NextDatum (pfsmount's "
+                                "client, `pachctl next datum` or pachyderm-sdk's "
+                                "batch_all_datums) — check transform.cmd and its output above")
+                self.problems.append(problem)
+                await self.loop.abort("the job stopped: crash loop")
+                return "failed"
+            self.restarts += 1
+            log.warning("%s; starting it again", reason)
+
+    async def _wait(self, proc: usercode.UserProcess) -> str:
+        """"finished", "exited" or "timeout": whichever happens first."""
+        result: list[str] = []
+
+        async with trio.open_nursery() as n:
+            def done(event: str) -> None:
+                if not result:
+                    result.append(event)
+                n.cancel_scope.cancel()
+
+            async def exited() -> None:
+                await proc.wait()
+                done("exited")
+
+            async def finished() -> None:
+                await self.loop.finished.wait()
+                done("finished")
+
+            async def timer() -> None:
+                while True:
+                    changed, deadline = self.loop.changed, self.loop.deadline
+                    attempt = self.loop.current_attempt()
+                    if deadline is None:
+                        await changed.wait()
+                        continue
+                    with trio.move_on_at(deadline):
+                        await changed.wait()
+                    if not changed.is_set() and await self.loop.pause(attempt):
+                        done("timeout")
+                        return
+
+            n.start_soon(exited)
+            n.start_soon(finished)
+            n.start_soon(timer)
+        if self.loop.finished.is_set():
+            return "finished"
+        return result[0]
+
+    async def _end_after_last(self, proc: usercode.UserProcess) -> None:
+        if self.loop.last_caller_own:
+            # pfsmount's clients are told "no more datums" and should leave on their own.
+            with trio.move_on_after(self.exit_grace) as waited:
+                await proc.wait()
+            if waited.cancelled_caught:
+                log.warning("user code did not exit within %s of the last datum; stopping it",
+                            fmt_seconds(self.exit_grace))
+        # A Pachyderm client is blocked in NextDatum forever: end it, as Pachyderm does.
+        await self._stop(proc)
+
+    # ----- one process per datum ------------------------------------------------------
+
+    async def _classic(self) -> str:
+        t = self.spec.transform
+        timeout = self.spec.datum_timeout or math.inf
+        error = ""
+        while True:
+            reply = await self.loop.advance(error)
+            if reply.done:
+                return "success"
+            env = dict(item.split("=", 1) for item in reply.env)
+            proc = await self._start(t.cmd, env, t.stdin, self._user_sink)
+            with trio.move_on_after(timeout) as scope:
+                code = await proc.wait()
+            await self._stop(proc)
+            if scope.cancelled_caught:
+                error = (f"datum_timeout of {fmt_seconds(self.spec.datum_timeout or 0)} "
+                         "expired; cmd was stopped")
+            elif code != 0:
+                error = f"cmd {usercode.describe_exit(code)}"
+            else:
+                error = ""
