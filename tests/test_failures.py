@@ -140,15 +140,31 @@ def test_err_cmd_that_fails_does_not_recover(tmp_path: Path, mnt: Path, mode: st
     assert _states(data)["/b"] == ("failed", 2)
 
 
-@pytest.mark.parametrize("act", ["exit0:1", "exit1:1", "kill:1"])
-def test_user_code_dying_mid_job_is_restarted(tmp_path: Path, mnt: Path, act: str) -> None:
-    spec, data = _job(tmp_path, mnt, "batching", acts={"b": act})
+@pytest.mark.parametrize(("mode", "act"), [
+    ("batching", "exit0:1"), ("batching", "exit1:1"), ("batching", "kill:1"),
+    ("classic", "exit1:1"), ("classic", "kill:1"),
+])
+def test_user_code_dying_mid_datum_is_retried(
+    tmp_path: Path, mnt: Path, mode: str, act: str
+) -> None:
+    spec, data = _job(tmp_path, mnt, mode, acts={"b": act})
     result = run_pfsmount(spec, data, mnt)
     assert result.returncode == 0, result
     assert _states(data) == {"/a": ("success", 1), "/b": ("success", 2), "/c": ("success", 1)}
     assert read_tree(data / "job") == {"a": b"a done on attempt 1", "b": b"b done on attempt 2",
                                        "c": b"c done on attempt 1"}
-    assert "user code restarted 1 times" in result.stderr
+    if mode == "batching":
+        assert "user code restarted 1 times" in result.stderr
+    if act.startswith("kill"):
+        assert "killed by SIGKILL" in result.stderr
+
+
+def test_exit_0_in_classic_mode_is_success(tmp_path: Path, mnt: Path) -> None:
+    spec, data = _job(tmp_path, mnt, "classic", acts={"b": "exit0:always"})
+    result = run_pfsmount(spec, data, mnt)
+    assert result.returncode == 0, result
+    assert _states(data)["/b"] == ("success", 1)
+    assert read_tree(data / "job") == {"a": b"a done on attempt 1", "c": b"c done on attempt 1"}
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -74,6 +74,7 @@ if __name__ == "__main__":
     code = main(sys.argv[1:])
     if code < 0:
         # Mirror death by signal so pfsmount sees the same status as without us.
-        signal.signal(-code, signal.SIG_DFL)
+        if -code not in (signal.SIGKILL, signal.SIGSTOP):
+            signal.signal(-code, signal.SIG_DFL)
         os.kill(os.getpid(), -code)
     sys.exit(code)
