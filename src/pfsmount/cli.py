@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from pfsmount import __version__
 from pfsmount.console import Console, ConsoleLogHandler
@@ -169,7 +171,8 @@ def _cmd_run(args: argparse.Namespace, console: Console) -> int:
     console.info(f"{len(datums)} datums; mounting {opts.mountpoint}; running "
                  f"{' '.join(spec.transform.cmd)}")
     try:
-        report = trio.run(run_job, spec, repos, datums, opts, console)
+        spec_hash = hashlib.blake2b(Path(args.spec).read_bytes(), digest_size=16).hexdigest()
+        report = trio.run(run_job, spec, repos, datums, opts, console, spec_hash)
     except RunError as exc:
         console.error(str(exc))
         return EXIT_USAGE
@@ -221,6 +224,8 @@ def _summarize(report, console: Console, spec_path: str) -> int:
     console.info(
         f"job {report.job_id[:12]} {verdict}: {ok} datums processed, {failed} failed"
         + (f", {recovered} recovered" if recovered else "")
+        + (f", {report.skipped} skipped (unchanged)" if report.skipped else "")
+        + (f", {report.resumed} finished before the interruption" if report.resumed else "")
         + (f", {unrun} not run" if unrun else "")
         + (f", user code restarted {report.restarts} times" if report.restarts else "")
         + f", in {report.seconds:.1f}s ({rate:.1f} datums/s)"
@@ -228,8 +233,8 @@ def _summarize(report, console: Console, spec_path: str) -> int:
     files = f"{report.input_files} input file" + ("" if report.input_files == 1 else "s")
     console.info(f"read {_fmt_bytes(report.input_bytes)} from {files}")
     if report.outcome == "killed":
-        console.info(f"output repo {report.output_dir} left unchanged; the outputs of finished "
-                     f"datums are in {report.staged_dir} until the next run")
+        console.info(f"output: {report.output_dir} holds the datums finished so far; run the "
+                     "same command again to resume the job")
         return EXIT_INTERRUPTED
     console.info(f"output: {report.output_dir}")
     return EXIT_OK if report.outcome == "success" else EXIT_FAILED

@@ -1,28 +1,30 @@
-"""A job's output: private staging per datum attempt, commit on success, publish at the end.
+"""The output repo: private staging per datum attempt, then a crash-safe commit per datum.
 
 Layout inside the data directory (repo names cannot start with a dot, so this never
 collides with a repo):
 
-    DATA/.pfsmount/<pipeline>/job-<id>/staging/<n>/   what one attempt wrote to /pfs/out
-    DATA/.pfsmount/<pipeline>/job-<id>/output/        the committed datums so far
+    DATA/<pipeline>/                           the output repo
+    DATA/.pfsmount/<pipeline>/ledger.sqlite    what the output repo holds, and why
+    DATA/.pfsmount/<pipeline>/staging/<n>/     what one attempt wrote to /pfs/out
 
-A successful datum's files are renamed from its staging directory into `output/` (same
-file system, so nothing is copied). When the job ends, `output/` is synced to disk and
-swapped with DATA/<pipeline> in one atomic rename, so readers of the output repo see
-either the previous job's output or this one's, never a mix.
+A datum's output enters the output repo in one logical step: its staged files are synced,
+then one ledger transaction records the datum's new state, its files and the intended file
+operations (the redo log); then the files are renamed into place (same file system: no
+copy), synced, and the intent is cleared. `recover()` finishes whatever a crash interrupted.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
-import uuid
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import pyfuse3
 
-from pfsmount import _linux
+from pfsmount.ledger import Intent, Ledger
 
 log = logging.getLogger(__name__)
 
@@ -33,84 +35,143 @@ class OutputConflict(Exception):
     """Two datums wrote the same output path."""
 
 
+def work_dir(data_dir: str, pipeline: str) -> str:
+    return os.path.join(data_dir, WORK_DIR, pipeline)
+
+
 @dataclass
-class JobOutput:
-    """Collects the outputs of one job's successful datums."""
+class OutputRepo:
+    """One pipeline's output repo, changed one datum at a time through the ledger."""
 
     data_dir: str
     pipeline: str
-    job_id: str = field(default_factory=lambda: uuid.uuid4().hex)
-    _owners: dict[str, str] = field(default_factory=dict)  # output path -> datum id
-    _dirs: dict[str, str] = field(default_factory=dict)  # output dir -> first datum id
-    _attempts: int = 0
+    ledger: Ledger
+    job_id: str = ""
+    hashes: Mapping[str, str] | None = None  # datum id -> datum hash, for the ledger
 
     def __post_init__(self) -> None:
-        self.job_dir = os.path.join(self.data_dir, WORK_DIR, self.pipeline, f"job-{self.job_id}")
-        self.output_dir = os.path.join(self.job_dir, "output")
+        self.work = work_dir(self.data_dir, self.pipeline)
+        self.staging_root = os.path.join(self.work, "staging")
         self.repo_dir = os.path.join(self.data_dir, self.pipeline)
-        os.makedirs(os.path.join(self.job_dir, "staging"), exist_ok=True)
-        os.makedirs(self.output_dir, exist_ok=True)
+        self._attempts = 0
+        os.makedirs(self.repo_dir, exist_ok=True)
 
-    @property
-    def committed_files(self) -> int:
-        return len(self._owners)
+    # ----- start of a run -------------------------------------------------------------
+
+    def recover(self) -> int:
+        """Finish file operations a crash interrupted; returns how many were pending."""
+        pending = self.ledger.pending_intents()
+        if not pending:
+            return 0
+        self._apply([intent for _, intent in pending])
+        pyfuse3.syncfs(self.repo_dir)
+        self.ledger.clear_intents(pending[-1][0])
+        return len(pending)
+
+    def clear_staging(self) -> None:
+        """Remove attempts' staging left by an earlier run (after `recover`, never before)."""
+        shutil.rmtree(self.staging_root, ignore_errors=True)
+        os.makedirs(self.staging_root, exist_ok=True)
+
+    def forget_missing(self, datum_ids: set[str]) -> int:
+        """Remove the outputs of datums that no longer exist; returns how many datums."""
+        gone = sorted(self.ledger.known_datums() - datum_ids)
+        if not gone:
+            return 0
+        intents = [Intent("del", path) for d in gone for path in self.ledger.outputs_of(d)]
+        self.ledger.forget_datums(gone, intents)
+        self._settle(intents)
+        return len(gone)
+
+    def untracked(self) -> list[str]:
+        """Files in the output repo that no datum wrote (left alone, but worth a warning)."""
+        owned = self.ledger.all_outputs()
+        files, _ = _scan(self.repo_dir)
+        return [f for f in files if f not in owned]
+
+    # ----- datum attempts ---------------------------------------------------------------
 
     def new_staging(self) -> str:
         """A fresh, empty directory for one datum attempt's /pfs/out."""
         self._attempts += 1
-        path = os.path.join(self.job_dir, "staging", str(self._attempts))
+        path = os.path.join(self.staging_root, str(self._attempts))
         os.mkdir(path, 0o755)
         return path
 
-    def commit(self, staging: str, datum_id: str) -> int:
-        """Move a successful attempt's files into the job output; returns how many.
+    def discard(self, staging: str) -> None:
+        """Drop an attempt's output."""
+        shutil.rmtree(staging, ignore_errors=True)
 
-        Raises OutputConflict, before moving anything, if a path was already written by
-        another datum (or is a file where another datum made a directory).
+    def commit(self, datum_id: str, staging: str, *, attempts: int, seconds: float) -> int:
+        """Make a successful attempt's files the datum's output; returns how many files.
+
+        Raises OutputConflict, before changing anything, if a path is already an output of
+        another datum (or a file where this datum made a directory, or the reverse).
         """
         files, dirs = _scan(staging)
-        for rel in files:
-            owner = self._owners.get(rel) or self._dirs.get(rel)
-            if owner is not None:
-                raise OutputConflict(
-                    f"output path /{rel} was written by datum {owner} and datum {datum_id}; "
-                    "each output path may come from one datum only (write datum-specific "
-                    "names, e.g. include the input file name)"
-                )
-        for rel in dirs:
-            owner = self._owners.get(rel)
-            if owner is not None:
-                raise OutputConflict(
-                    f"output path /{rel} is a file from datum {owner} but a directory in "
-                    f"datum {datum_id}"
-                )
-        for rel in dirs:
-            os.makedirs(os.path.join(self.output_dir, rel), exist_ok=True)
-            self._dirs.setdefault(rel, datum_id)
-        for rel in files:
-            os.rename(os.path.join(staging, rel), os.path.join(self.output_dir, rel))
-            self._owners[rel] = datum_id
-        _copy_dir_modes(staging, self.output_dir, dirs)
+        self._check_conflicts(datum_id, files, dirs)
+        mine = set(files)
+        intents = [Intent("del", p) for p in self.ledger.outputs_of(datum_id) if p not in mine]
+        intents += [Intent("add", p, os.path.join(staging, p)) for p in files]
+        # The staged bytes must be on disk before the ledger promises them.
+        pyfuse3.syncfs(staging)
+        self.ledger.finish_datum(self.job_id, datum_id, self._hash(datum_id), "success",
+                                 attempts=attempts, seconds=seconds, error="", intents=intents)
+        _make_dirs(staging, self.repo_dir, dirs)
+        self._settle(intents)
         shutil.rmtree(staging, ignore_errors=True)
         return len(files)
 
-    def discard(self, staging: str) -> None:
-        """Drop a failed attempt's output."""
-        shutil.rmtree(staging, ignore_errors=True)
+    def settle_failure(self, datum_id: str, state: str, *, attempts: int, seconds: float,
+                       error: str) -> None:
+        """A datum ended FAILED or RECOVERED: record it; it keeps no output."""
+        intents = [Intent("del", p) for p in self.ledger.outputs_of(datum_id)]
+        self.ledger.finish_datum(self.job_id, datum_id, self._hash(datum_id), state,
+                                 attempts=attempts, seconds=seconds, error=error,
+                                 intents=intents)
+        self._settle(intents)
 
-    def publish(self) -> None:
-        """Make the committed output the output repo, durably and atomically."""
-        pyfuse3.syncfs(self.output_dir)
-        if os.path.isdir(self.repo_dir):
-            _linux.renameat2(self.output_dir, self.repo_dir, _linux.RENAME_EXCHANGE)
-        else:
-            os.rename(self.output_dir, self.repo_dir)
-        _fsync_dir(os.path.dirname(self.repo_dir))
-        shutil.rmtree(self.job_dir, ignore_errors=True)
+    # ----- internals ------------------------------------------------------------------
 
-    def abandon(self) -> None:
-        """Remove everything this job staged (nothing of it reaches the output repo)."""
-        shutil.rmtree(self.job_dir, ignore_errors=True)
+    def _hash(self, datum_id: str) -> str:
+        return (self.hashes or {}).get(datum_id, "")
+
+    def _check_conflicts(self, datum_id: str, files: Sequence[str], dirs: Sequence[str]) -> None:
+        for path, owner in self.ledger.owners(files, below=True).items():
+            if owner != datum_id:
+                raise OutputConflict(
+                    f"output path /{path} was written by datum {owner} and datum {datum_id}; "
+                    "each output path may come from one datum only (write datum-specific "
+                    "names, e.g. include the input file name)")
+        for path, owner in self.ledger.owners(dirs, below=False).items():
+            if owner != datum_id:
+                raise OutputConflict(
+                    f"output path /{path} is a file from datum {owner} but a directory in "
+                    f"datum {datum_id}")
+
+    def _settle(self, intents: Sequence[Intent]) -> None:
+        """Apply logged operations, make them durable, and clear the log."""
+        if not intents:
+            return
+        self._apply(intents)
+        pyfuse3.syncfs(self.repo_dir)
+        pending = self.ledger.pending_intents()
+        if pending:
+            self.ledger.clear_intents(pending[-1][0])
+
+    def _apply(self, intents: Sequence[Intent]) -> None:
+        # Every operation is idempotent, so a redo after a crash can replay them all.
+        for it in intents:
+            target = os.path.join(self.repo_dir, it.path)
+            if it.op == "del":
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(target)
+                _prune_empty(os.path.dirname(target), self.repo_dir)
+            elif os.path.lexists(it.source):
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                if os.path.isdir(target) and not os.path.islink(target):
+                    os.rmdir(target)  # an empty directory left by a datum that changed
+                os.replace(it.source, target)
 
 
 def _scan(root: str) -> tuple[list[str], list[str]]:
@@ -120,35 +181,27 @@ def _scan(root: str) -> tuple[list[str], list[str]]:
     for dirpath, dirnames, filenames in os.walk(root):
         rel_dir = os.path.relpath(dirpath, root)
         prefix = "" if rel_dir == "." else rel_dir + "/"
-        dirs.extend(prefix + d for d in sorted(dirnames) if not os.path.islink(
-            os.path.join(dirpath, d)))
-        # os.walk lists symlinks to directories as directories; they are files to us.
-        files.extend(prefix + d for d in dirnames if os.path.islink(os.path.join(dirpath, d)))
-        files.extend(prefix + f for f in filenames)
+        for d in sorted(dirnames):
+            # os.walk lists symlinks to directories as directories; they are files to us.
+            (files if os.path.islink(os.path.join(dirpath, d)) else dirs).append(prefix + d)
+        files.extend(prefix + f for f in sorted(filenames))
     return files, dirs
 
 
-def _copy_dir_modes(staging: str, output: str, dirs: list[str]) -> None:
+def _make_dirs(staging: str, repo: str, dirs: Sequence[str]) -> None:
     for rel in dirs:
-        st = os.lstat(os.path.join(staging, rel))
-        os.chmod(os.path.join(output, rel), st.st_mode & 0o7777)
+        target = os.path.join(repo, rel)
+        os.makedirs(target, exist_ok=True)
+        os.chmod(target, os.lstat(os.path.join(staging, rel)).st_mode & 0o7777)
 
 
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def clear_abandoned_jobs(data_dir: str, pipeline: str) -> list[str]:
-    """Remove staging left by earlier runs of `pipeline` that were interrupted."""
-    root = os.path.join(data_dir, WORK_DIR, pipeline)
-    removed = []
-    if os.path.isdir(root):
-        for name in os.listdir(root):
-            if name.startswith("job-"):
-                shutil.rmtree(os.path.join(root, name), ignore_errors=True)
-                removed.append(name)
-    return removed
+def _prune_empty(directory: str, stop: str) -> None:
+    """Remove directories left empty by deleted outputs, up to (not including) `stop`."""
+    stop = os.path.abspath(stop)
+    directory = os.path.abspath(directory)
+    while directory.startswith(stop + os.sep):
+        try:
+            os.rmdir(directory)
+        except OSError:
+            return
+        directory = os.path.dirname(directory)

@@ -9,6 +9,8 @@ the kernel), then the gRPC server, then the mount.
 from __future__ import annotations
 
 import errno
+import fcntl
+import json
 import logging
 import math
 import os
@@ -19,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -26,10 +29,11 @@ import pyfuse3
 import trio
 
 from pfsmount.console import Console
-from pfsmount.datums import Datum
+from pfsmount.datums import Datum, datum_hash
 from pfsmount.fs import PfsOperations
 from pfsmount.joblog import JobLog
-from pfsmount.output import JobOutput, clear_abandoned_jobs
+from pfsmount.ledger import Ledger, LedgerError
+from pfsmount.output import OutputRepo, work_dir
 from pfsmount.protocol import WorkerServer
 from pfsmount.spec import PipelineSpec
 from pfsmount.store.local import RepoIndex
@@ -65,7 +69,8 @@ class JobReport:
     output_dir: str
     outcome: str  # "success", "failed" or "killed"
     problems: list[str] = field(default_factory=list)
-    staged_dir: str = ""  # where committed outputs wait when the job did not finish
+    skipped: int = 0  # unchanged since they were processed
+    resumed: int = 0  # finished before the interruption this run resumed
     restarts: int = 0  # times the user code was started again after dying
     log_path: str = ""
     input_bytes: int = 0  # read from the repos through /pfs: what laziness saved shows here
@@ -173,25 +178,119 @@ def user_env(spec: PipelineSpec, port: int, bin_dir: str) -> dict[str, str]:
 # ----- the job ---------------------------------------------------------------------------
 
 
+@dataclass
+class Plan:
+    """What this run will do: which job it is, and which datums it runs or skips."""
+
+    job_id: str
+    to_run: list[Datum]
+    skipped: int  # unchanged and processed before
+    resumed: int  # already finished in the interrupted job this run continues
+    resuming: bool
+    hashes: dict[str, str]
+
+
+def lock_pipeline(work: str, pipeline: str) -> int:
+    """Hold the pipeline's lock for this process's life; two runs would corrupt each other."""
+    os.makedirs(work, exist_ok=True)
+    path = os.path.join(work, "lock")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise RunError(f"pipeline '{pipeline}' is already running on this data directory "
+                       f"(pid {holder}); wait for it to finish or stop it first") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def plan_job(spec: PipelineSpec, repos: Mapping[str, RepoIndex], datums: Sequence[Datum],
+             output: OutputRepo, ledger: Ledger, spec_hash: str) -> Plan:
+    """Recover from a crash, forget vanished datums, and decide what runs (blocking I/O)."""
+    redone = output.recover()
+    if redone:
+        log.info("finished %d output change(s) that an earlier crash interrupted", redone)
+    output.clear_staging()
+    gone = output.forget_missing({d.id for d in datums})
+    if gone:
+        log.info("removed the outputs of %d datum(s) that no longer exist", gone)
+    hashes = {d.id: datum_hash(d, repos, spec.salt) for d in datums}
+    interrupted = ledger.interrupted_job()
+    job_id = interrupted["job_id"] if interrupted else uuid.uuid4().hex
+    finished = ledger.done_in_job(job_id) if interrupted else {}
+    processed = ledger.processed_hashes() if spec.reprocess_spec != "every_job" else {}
+    to_run: list[Datum] = []
+    rows = []
+    skipped = 0
+    for d in datums:
+        inputs = json.dumps([{"name": i.name, "repo": i.repo, "path": i.path} for i in d.inputs])
+        if d.id in finished:
+            continue
+        if processed.get(d.id) == hashes[d.id]:
+            skipped += 1
+            rows.append((d.id, hashes[d.id], inputs, "skipped"))
+        else:
+            to_run.append(d)
+            rows.append((d.id, hashes[d.id], inputs, "pending"))
+    ledger.start_job(job_id, spec.name, spec_hash, spec.salt, len(datums))
+    ledger.record_datums(job_id, rows)
+    skipped += sum(1 for state in finished.values() if state == "skipped")
+    resumed = sum(1 for state in finished.values() if state != "skipped")
+    return Plan(job_id, to_run, skipped, resumed, interrupted is not None, hashes)
+
+
 async def run_job(
     spec: PipelineSpec,
     repos: Mapping[str, RepoIndex],
     datums: Sequence[Datum],
     opts: RunOptions,
     console: Console,
+    spec_hash: str = "",
 ) -> JobReport:
-    """Mount /pfs, run the user code over every datum, publish the output."""
-    for name in clear_abandoned_jobs(opts.data_dir, spec.name):
-        log.info("removed staging of an interrupted earlier run (%s)", name)
+    """Mount /pfs, run the user code over every datum that needs it, commit as datums end."""
+    work = work_dir(opts.data_dir, spec.name)
+    lock_fd = lock_pipeline(work, spec.name)
+    try:
+        return await _locked_job(spec, repos, datums, opts, console, spec_hash, work)
+    finally:
+        os.close(lock_fd)
+
+
+async def _locked_job(
+    spec: PipelineSpec,
+    repos: Mapping[str, RepoIndex],
+    datums: Sequence[Datum],
+    opts: RunOptions,
+    console: Console,
+    spec_hash: str,
+    work: str,
+) -> JobReport:
+    ledger = Ledger(os.path.join(work, "ledger.sqlite"))
+    output = OutputRepo(opts.data_dir, spec.name, ledger)
+    try:
+        plan = await trio.to_thread.run_sync(
+            plan_job, spec, repos, datums, output, ledger, spec_hash)
+    except LedgerError as exc:
+        raise RunError(str(exc)) from None
+    output.job_id, output.hashes = plan.job_id, plan.hashes
+    if plan.resuming:
+        console.info(f"resuming interrupted job {plan.job_id[:12]}: {plan.resumed} datums "
+                     "already finished")
+    untracked = output.untracked()
+    if untracked:
+        console.warn(f"{len(untracked)} file(s) in {output.repo_dir} were not written by any "
+                     f"datum (e.g. {untracked[0]}); they are left as they are")
     prepare_mountpoint(opts.mountpoint)
-    output = JobOutput(opts.data_dir, spec.name)
-    joblog = JobLog(opts.data_dir, spec.name, output.job_id)
+    joblog = JobLog(opts.data_dir, spec.name, plan.job_id)
     bin_dir = tempfile.mkdtemp(prefix="pfsmount-bin-")
     started_wall = time.time()
     started = time.monotonic()
     fs = PfsOperations()
     loop = DatumLoop(
-        datums, repos, fs, output, os.path.abspath(opts.mountpoint),
+        plan.to_run, repos, fs, output, os.path.abspath(opts.mountpoint),
         tries=spec.datum_tries, datum_timeout=spec.datum_timeout,
         batching=spec.transform.datum_batching,
         on_progress=lambda lp: console.progress(lp.closed_count, lp.count(DatumState.FAILED)),
@@ -200,7 +299,7 @@ async def run_job(
         pyfuse3.init(fs, opts.mountpoint, mount_options())
     except RuntimeError as exc:
         shutil.rmtree(bin_dir, ignore_errors=True)
-        output.abandon()
+        ledger.end_job(plan.job_id, "failed", f"cannot mount: {exc}")
         raise RunError(f"cannot mount FUSE at {opts.mountpoint}: {exc} "
                        "(is /dev/fuse present, and are you root?)") from None
     problems: list[str] = []
@@ -220,17 +319,17 @@ async def run_job(
         shutil.rmtree(bin_dir, ignore_errors=True)
     console.end_progress()
     report = JobReport(
-        job_id=output.job_id, records=loop.records, seconds=time.monotonic() - started,
+        job_id=plan.job_id, records=loop.records, seconds=time.monotonic() - started,
         output_dir=output.repo_dir, outcome=outcome, problems=problems,
         input_bytes=fs.stats.bytes_read, input_files=fs.stats.content_opens,
-        restarts=restarts, log_path=joblog.lines_path,
+        restarts=restarts, log_path=joblog.lines_path, skipped=plan.skipped,
+        resumed=plan.resumed,
     )
-    if outcome == "killed":
-        report.staged_dir = output.output_dir
-    else:
-        if report.count(DatumState.FAILED) and outcome == "success":
-            report.outcome = "failed"
-        await trio.to_thread.run_sync(output.publish)
+    if report.count(DatumState.FAILED) and outcome == "success":
+        report.outcome = "failed"
+    await trio.to_thread.run_sync(ledger.end_job, plan.job_id, report.outcome,
+                                  "; ".join(problems))
+    ledger.close()
     joblog.close(_job_record(spec, report, started_wall))
     return report
 

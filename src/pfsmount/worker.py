@@ -26,8 +26,9 @@ import trio
 
 from pfsmount.datums import Datum
 from pfsmount.fs import PfsOperations
+from pfsmount.ledger import LedgerError
 from pfsmount.outdir import OutTree
-from pfsmount.output import JobOutput, OutputConflict
+from pfsmount.output import OutputConflict, OutputRepo
 from pfsmount.protocol import Reply, WorkerGone, WorkerRefused
 from pfsmount.store.local import RepoIndex
 from pfsmount.view import View, build_view, empty_view
@@ -117,7 +118,7 @@ class DatumLoop:
         datums: Sequence[Datum],
         repos: Mapping[str, RepoIndex],
         fs: PfsOperations,
-        output: JobOutput,
+        output: OutputRepo,
         mountpoint: str,
         *,
         tries: int = 3,
@@ -228,14 +229,15 @@ class DatumLoop:
         self.process_calls = 0
 
     async def abort(self, reason: str) -> None:
-        """End the loop early: the attempt in progress fails for good and /pfs empties."""
+        """End the loop early: the attempt in progress is dropped (a resume runs it again)."""
         async with self._lock:
             self._closed = True
             cur = self._current
             if cur is not None:
                 self._current = None
                 cur.out.closed = True
-                self._finish(cur.record, DatumState.FAILED, reason)
+                cur.record.state = DatumState.PENDING
+                cur.record.error = reason
                 await trio.to_thread.run_sync(self._output.discard, cur.out.staging)
             self._show_nothing()
 
@@ -299,18 +301,22 @@ class DatumLoop:
         if not error:
             try:
                 record.output_files = await trio.to_thread.run_sync(
-                    self._output.commit, cur.out.staging, record.datum.id)
+                    lambda: self._output.commit(record.datum.id, cur.out.staging,
+                                                attempts=record.attempts,
+                                                seconds=record.seconds))
             except OutputConflict as exc:
                 # Deterministic: another try would write the same path again.
                 self._current = None
-                self._finish(record, DatumState.FAILED, str(exc))
                 await trio.to_thread.run_sync(self._output.discard, cur.out.staging)
+                await self._finish(record, DatumState.FAILED, str(exc))
                 return
-            except OSError as exc:
+            except (OSError, LedgerError) as exc:
                 error = f"could not commit its output: {exc}"
             else:
                 self._current = None
-                self._finish(record, DatumState.SUCCESS, "")
+                record.state = DatumState.SUCCESS
+                record.error = ""
+                self._on_progress(self)
                 return
         await self._failed_attempt(cur, error)
 
@@ -325,23 +331,32 @@ class DatumLoop:
         self._current = None
         await trio.to_thread.run_sync(self._output.discard, cur.out.staging)
         if recovered:
-            self._finish(record, DatumState.RECOVERED, error)
+            await self._finish(record, DatumState.RECOVERED, error)
         elif record.attempts < self._tries:
             record.state = DatumState.PENDING
             self._pending.appendleft(record)  # Pachyderm retries a datum right away
             log.warning("datum %s attempt %d of %d failed: %s; trying again",
                         record.datum.id[:12], record.attempts, self._tries, error)
         else:
-            self._finish(record, DatumState.FAILED, error)
+            await self._finish(record, DatumState.FAILED, error)
 
-    def _finish(self, record: DatumRecord, state: DatumState, error: str) -> None:
+    async def _finish(self, record: DatumRecord, state: DatumState, error: str) -> None:
+        """Record a final FAILED or RECOVERED: the datum keeps no output."""
         record.state = state
         record.error = error
         if state is DatumState.FAILED:
             log.warning("datum %s failed after %d attempt%s: %s", record.datum.id[:12],
                         record.attempts, "" if record.attempts == 1 else "s", error)
-        elif state is DatumState.RECOVERED:
+        else:
             log.warning("datum %s recovered by err_cmd after: %s", record.datum.id[:12], error)
+        try:
+            await trio.to_thread.run_sync(lambda: self._output.settle_failure(
+                record.datum.id, state.value, attempts=record.attempts, seconds=record.seconds,
+                error=error))
+        except (OSError, LedgerError) as exc:
+            # Nothing of the datum reached the output repo, so the two still agree.
+            log.error("could not record datum %s as %s: %s", record.datum.id[:12],
+                      state.value, exc)
         self._on_progress(self)
 
 

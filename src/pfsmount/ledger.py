@@ -1,0 +1,266 @@
+"""The durable record of a pipeline's jobs, datums and output files (SQLite).
+
+One database per pipeline, inside the data directory:
+`DATA/.pfsmount/<pipeline>/ledger.sqlite`. It answers three questions:
+
+- which datums are done, and with which hash (incremental runs skip a datum whose hash is
+  unchanged and that was PROCESSED);
+- which file of the output repo belongs to which datum (conflicts, and removing the outputs
+  of datums that changed, failed, or no longer exist);
+- which job was interrupted (resume).
+
+Changing the output repo is a redo log: the intended file operations of a datum and its new
+state are written in one transaction *before* any file moves; the operations are then
+applied and the intent deleted. After a crash at any instant, `recover()` re-applies what is
+left, so the output repo ends up holding exactly the outputs the ledger says exist.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    job_id TEXT PRIMARY KEY, pipeline TEXT NOT NULL, spec_hash TEXT NOT NULL,
+    salt TEXT NOT NULL, started REAL NOT NULL, ended REAL, state TEXT NOT NULL,
+    total INTEGER NOT NULL DEFAULT 0, skipped INTEGER NOT NULL DEFAULT 0,
+    processed INTEGER NOT NULL DEFAULT 0, failed INTEGER NOT NULL DEFAULT 0,
+    recovered INTEGER NOT NULL DEFAULT 0, message TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS job_datums (
+    job_id TEXT NOT NULL, datum_id TEXT NOT NULL, hash TEXT NOT NULL, inputs TEXT NOT NULL,
+    state TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, seconds REAL NOT NULL DEFAULT 0,
+    error TEXT NOT NULL DEFAULT '', outputs INTEGER NOT NULL DEFAULT 0, ended REAL,
+    PRIMARY KEY (job_id, datum_id)
+);
+CREATE TABLE IF NOT EXISTS datums (
+    datum_id TEXT PRIMARY KEY, hash TEXT NOT NULL, state TEXT NOT NULL, job_id TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS outputs (
+    path TEXT PRIMARY KEY, datum_id TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS outputs_by_datum ON outputs (datum_id);
+CREATE TABLE IF NOT EXISTS intents (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, datum_id TEXT NOT NULL, op TEXT NOT NULL,
+    path TEXT NOT NULL, source TEXT NOT NULL DEFAULT ''
+);
+"""
+
+RUNNING = "running"
+DONE_STATES = ("success", "failed", "recovered", "skipped")
+
+
+class LedgerError(Exception):
+    """The ledger cannot be used (corrupt, full disk, ...); the message says what to do."""
+
+
+@dataclass(frozen=True)
+class Intent:
+    """One file operation on the output repo: add `path` (renamed from `source`) or delete it."""
+
+    op: str  # "add" or "del"
+    path: str  # relative to the output repo
+    source: str = ""  # absolute staging path, for "add"
+
+
+class Ledger:
+    """Thread-safe access to one pipeline's ledger database."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        try:
+            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            # FULL: a commit that returned is on disk, which the redo log relies on.
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            raise LedgerError(f"ledger {path} cannot be opened: {exc} (if it is corrupt, move it "
+                              "away: the next run then processes every datum again)") from None
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # ----- small helpers --------------------------------------------------------------
+
+    def _query(self, sql: str, args: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            return self._db.execute(sql, tuple(args)).fetchall()
+
+    def _transaction(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> None:
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                for sql, args in statements:
+                    self._db.execute(sql, tuple(args))
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise LedgerError(_describe(exc, self.path)) from None
+
+    # ----- jobs -----------------------------------------------------------------------
+
+    def interrupted_job(self) -> dict[str, Any] | None:
+        """The last job if it never finished (pfsmount or the machine died, or it was killed)."""
+        rows = self._query("SELECT job_id, state FROM jobs ORDER BY started DESC LIMIT 1")
+        if rows and rows[0][1] in (RUNNING, "killed"):
+            return self.job(rows[0][0])
+        return None
+
+    def start_job(self, job_id: str, pipeline: str, spec_hash: str, salt: str,
+                  total: int) -> None:
+        self._transaction([(
+            "INSERT INTO jobs (job_id, pipeline, spec_hash, salt, started, state, total) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(job_id) DO UPDATE SET "
+            "state = excluded.state, ended = NULL, total = excluded.total, "
+            "spec_hash = excluded.spec_hash, salt = excluded.salt",
+            (job_id, pipeline, spec_hash, salt, time.time(), RUNNING, total),
+        )])
+
+    def end_job(self, job_id: str, state: str, message: str = "") -> None:
+        counts = dict(self._query(
+            "SELECT state, COUNT(*) FROM job_datums WHERE job_id = ? GROUP BY state", (job_id,)))
+        self._transaction([(
+            "UPDATE jobs SET ended = ?, state = ?, skipped = ?, processed = ?, failed = ?, "
+            "recovered = ?, message = ? WHERE job_id = ?",
+            (time.time(), state, counts.get("skipped", 0), counts.get("success", 0),
+             counts.get("failed", 0), counts.get("recovered", 0), message, job_id),
+        )])
+
+    def jobs(self) -> list[dict[str, Any]]:
+        cols = ("job_id", "pipeline", "started", "ended", "state", "total", "skipped",
+                "processed", "failed", "recovered", "message")
+        rows = self._query(f"SELECT {', '.join(cols)} FROM jobs ORDER BY started")
+        return [dict(zip(cols, row, strict=True)) for row in rows]
+
+    def job(self, job_prefix: str) -> dict[str, Any] | None:
+        matches = [j for j in self.jobs() if j["job_id"].startswith(job_prefix)]
+        return matches[-1] if matches else None
+
+    def job_datums(self, job_id: str) -> list[dict[str, Any]]:
+        cols = ("datum_id", "hash", "inputs", "state", "attempts", "seconds", "error", "outputs")
+        rows = self._query(f"SELECT {', '.join(cols)} FROM job_datums WHERE job_id = ? "
+                           "ORDER BY rowid", (job_id,))
+        out = []
+        for row in rows:
+            rec = dict(zip(cols, row, strict=True))
+            rec["inputs"] = json.loads(rec["inputs"])
+            out.append(rec)
+        return out
+
+    def done_in_job(self, job_id: str) -> dict[str, str]:
+        """Datums that reached a final state in `job_id`: id -> state."""
+        marks = ",".join("?" * len(DONE_STATES))
+        return dict(self._query(
+            f"SELECT datum_id, state FROM job_datums WHERE job_id = ? AND state IN ({marks})",
+            (job_id, *DONE_STATES)))
+
+    # ----- datums ---------------------------------------------------------------------
+
+    def processed_hashes(self) -> dict[str, str]:
+        """Datum id -> hash, for every datum whose latest outcome was PROCESSED."""
+        return dict(self._query("SELECT datum_id, hash FROM datums WHERE state = 'success'"))
+
+    def known_datums(self) -> set[str]:
+        return {row[0] for row in self._query("SELECT datum_id FROM datums")}
+
+    def record_datums(self, job_id: str, rows: Sequence[tuple[str, str, str, str]]) -> None:
+        """Register the job's datums: (datum id, hash, inputs json, state)."""
+        self._transaction([(
+            "INSERT INTO job_datums (job_id, datum_id, hash, inputs, state) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT(job_id, datum_id) DO NOTHING",
+            (job_id, *row),
+        ) for row in rows])
+
+    def owners(self, paths: Sequence[str], *, below: bool) -> dict[str, str]:
+        """For each path that collides with an output file: the datum owning that file.
+
+        A path collides with a file at the same path or at one of its parents, and, when
+        `below`, with files under it (a directory of someone else's where we want a file).
+        """
+        found: dict[str, str] = {}
+        with self._lock:
+            for path in paths:
+                parts = path.split("/")
+                candidates = ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
+                marks = ",".join("?" * len(candidates))
+                row = self._db.execute(
+                    f"SELECT datum_id FROM outputs WHERE path IN ({marks}) LIMIT 1",
+                    candidates).fetchone()
+                if row is None and below:
+                    # '0' sorts right after '/', so this range is everything under path/.
+                    row = self._db.execute(
+                        "SELECT datum_id FROM outputs WHERE path > ? AND path < ? LIMIT 1",
+                        (path + "/", path + "0")).fetchone()
+                if row is not None:
+                    found[path] = row[0]
+        return found
+
+    def outputs_of(self, datum_id: str) -> list[str]:
+        return [r[0] for r in self._query(
+            "SELECT path FROM outputs WHERE datum_id = ? ORDER BY path", (datum_id,))]
+
+    def all_outputs(self) -> dict[str, str]:
+        return dict(self._query("SELECT path, datum_id FROM outputs"))
+
+    def finish_datum(
+        self, job_id: str, datum_id: str, datum_hash: str, state: str, *, attempts: int,
+        seconds: float, error: str, intents: Sequence[Intent],
+    ) -> None:
+        """One transaction: the datum's new state, its new output files, and the redo log."""
+        stmts: list[tuple[str, Sequence[Any]]] = [
+            ("UPDATE job_datums SET state = ?, attempts = ?, seconds = ?, error = ?, outputs = ?, "
+             "ended = ? WHERE job_id = ? AND datum_id = ?",
+             (state, attempts, seconds, error, sum(1 for i in intents if i.op == "add"),
+              time.time(), job_id, datum_id)),
+            ("INSERT INTO datums (datum_id, hash, state, job_id) VALUES (?, ?, ?, ?) "
+             "ON CONFLICT(datum_id) DO UPDATE SET hash = excluded.hash, state = excluded.state, "
+             "job_id = excluded.job_id", (datum_id, datum_hash, state, job_id)),
+        ]
+        stmts += self._intent_statements(datum_id, intents)
+        self._transaction(stmts)
+
+    def forget_datums(self, datum_ids: Sequence[str], intents: Sequence[Intent]) -> None:
+        """Datums that no longer exist: drop them, and log the removal of their outputs."""
+        stmts: list[tuple[str, Sequence[Any]]] = [
+            ("DELETE FROM datums WHERE datum_id = ?", (d,)) for d in datum_ids]
+        stmts += self._intent_statements("", intents)
+        self._transaction(stmts)
+
+    @staticmethod
+    def _intent_statements(datum_id: str, intents: Sequence[Intent]
+                           ) -> list[tuple[str, Sequence[Any]]]:
+        stmts: list[tuple[str, Sequence[Any]]] = []
+        for it in intents:
+            if it.op == "add":
+                stmts.append(("INSERT INTO outputs (path, datum_id) VALUES (?, ?) "
+                              "ON CONFLICT(path) DO UPDATE SET datum_id = excluded.datum_id",
+                              (it.path, datum_id)))
+            else:
+                stmts.append(("DELETE FROM outputs WHERE path = ?", (it.path,)))
+            stmts.append(("INSERT INTO intents (datum_id, op, path, source) VALUES (?, ?, ?, ?)",
+                          (datum_id, it.op, it.path, it.source)))
+        return stmts
+
+    def pending_intents(self) -> list[tuple[int, Intent]]:
+        return [(seq, Intent(op, path, source)) for seq, op, path, source in self._query(
+            "SELECT seq, op, path, source FROM intents ORDER BY seq")]
+
+    def clear_intents(self, upto: int) -> None:
+        self._transaction([("DELETE FROM intents WHERE seq <= ?", (upto,))])
+
+
+def _describe(exc: sqlite3.Error, path: str) -> str:
+    text = str(exc)
+    if "full" in text.lower():
+        return f"the disk holding {path} is full ({text}); free some space and run again"
+    return f"ledger {path}: {text}"
