@@ -355,3 +355,17 @@ def test_datum_index_order_is_stable(data: Path) -> None:
 def test_repos_mapping_is_keyed_by_repo_name(data: Path) -> None:
     repos: dict[str, RepoIndex] = open_repos(pfs("left", "/*", name="renamed"), str(data))
     assert set(repos) == {"left"}
+
+
+def test_repo_errors_name_the_spec_field(data: Path) -> None:
+    (data / "hollow" / "sub").mkdir(parents=True)
+    node = JoinInput((pfs("left", "/*"), UnionInput((pfs("right", "/*"), pfs("nope", "/*")))))
+    with pytest.raises(StoreError) as info:
+        open_repos(node, str(data), source="p.yaml")
+    assert str(info.value).startswith(
+        "p.yaml: input.join[1].union[1].pfs.repo: repo 'nope' not found: "
+    )
+    with pytest.raises(StoreError) as info:
+        open_repos(CrossInput((pfs("left", "/*"), pfs("hollow", "/*"))), str(data))
+    assert str(info.value).startswith("input.cross[1].pfs.repo: repo 'hollow' is empty: ")
+    assert "add the input files under" in str(info.value)

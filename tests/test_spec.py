@@ -11,6 +11,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from pfsmount.datums import expand, open_repos
 from pfsmount.spec import (
     CrossInput,
     GroupInput,
@@ -24,6 +25,7 @@ from pfsmount.spec import (
     parse_duration,
     parse_spec,
 )
+from pfsmount.store.local import StoreError
 
 MINIMAL = """
 pipeline: {name: edges}
@@ -555,3 +557,98 @@ def test_arbitrary_globs_in_specs(glob: str) -> None:
     _parse_never_crashes(
         yaml.safe_dump(base(input={"pfs": {"repo": "r", "glob": glob, "join_on": "$1"}}))
     )
+
+
+# --- input trees: kinds swapped, children removed, wrong types ----------------------------------
+
+_LEAVES = [
+    {"pfs": {"repo": "r", "glob": "/(*)", "join_on": "$1", "group_by": "$1"}},
+    {"pfs": {"repo": "s", "glob": "/*", "outer_join": True}},
+    {"pfs": {"repo": "r", "name": "t", "glob": "/**", "empty_files": True, "lazy": True}},
+]
+
+
+@st.composite
+def _input_trees(draw: st.DrawFn, depth: int = 0) -> dict[str, Any]:
+    if depth >= 3 or draw(st.integers(0, 2)) == 0:
+        return json.loads(json.dumps(draw(st.sampled_from(_LEAVES))))
+    kind = draw(st.sampled_from(["cross", "union", "join", "group"]))
+    minimum = 2 if kind in ("cross", "join") else 1
+    return {kind: draw(st.lists(_input_trees(depth + 1), min_size=minimum, max_size=3))}
+
+
+def _nodes(tree: Any) -> list[dict[str, Any]]:
+    """Every input node (mapping with a kind) of a tree, root first."""
+    found = [tree] if isinstance(tree, dict) else []
+    for value in tree.values() if isinstance(tree, dict) else []:
+        for child in value if isinstance(value, list) else []:
+            found += _nodes(child)
+    return found
+
+
+@st.composite
+def _mutated_inputs(draw: st.DrawFn) -> dict[str, Any]:
+    """A generated input tree with a few nodes broken the way people break them."""
+    tree = draw(_input_trees())
+    for _ in range(draw(st.integers(1, 3))):
+        node = draw(st.sampled_from(_nodes(tree)))
+        if not node:
+            continue  # emptied by an earlier mutation
+        kind = next(iter(node))
+        how = draw(st.sampled_from(["swap", "drop", "empty", "second", "type", "field", "value"]))
+        if how == "swap":  # kinds swapped: a list under pfs, a mapping under cross, ...
+            other = draw(st.sampled_from(["pfs", "cross", "union", "join", "group", "cron",
+                                          "Pfs", "joinn"]))
+            node[other] = node.pop(kind)
+        elif how == "drop" and isinstance(node[kind], list) and node[kind]:  # children removed
+            del node[kind][draw(st.integers(0, len(node[kind]) - 1)):]
+        elif how == "empty":
+            node.pop(kind)
+        elif how == "second":  # two kinds in one node
+            node[draw(st.sampled_from(["pfs", "cross", "union"]))] = draw(values)
+        elif how == "type":
+            node[kind] = draw(values)
+        elif how == "field" and kind == "pfs" and isinstance(node[kind], dict):
+            field_name = draw(st.sampled_from(["repo", "glob", "join_on", "outer_join", "name",
+                                               "group_by", "lazy", "empty_files", "branch"]))
+            node[kind][field_name] = draw(values)
+        elif how == "value" and isinstance(node[kind], list) and node[kind]:
+            node[kind][draw(st.integers(0, len(node[kind]) - 1))] = draw(values)
+    return base(input=tree)
+
+
+@pytest.fixture(scope="module")
+def small_repos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    data = tmp_path_factory.mktemp("data")
+    for repo, names in (("r", ["1", "2", "d/3"]), ("s", ["1", "x"])):
+        for name in names:
+            (data / repo / name).parent.mkdir(parents=True, exist_ok=True)
+            (data / repo / name).write_text(name)
+    return data
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(document=_mutated_inputs())
+def test_mutated_input_trees_parse_or_raise_spec_error(document: dict[str, Any],
+                                                      small_repos: Path) -> None:
+    _parse_never_crashes(yaml.safe_dump(document))
+    _parse_never_crashes(json.dumps(document))
+    try:
+        spec = spec_from(document)
+    except SpecError:
+        return
+    # What the parser accepts expands into datums, or is refused with a message, never a crash.
+    try:
+        expand(spec.input, open_repos(spec.input, str(small_repos)))
+    except (SpecError, StoreError) as exc:
+        assert "Traceback" not in str(exc) and str(exc)
+
+
+@settings(max_examples=100, deadline=None)
+@given(_input_trees())
+def test_generated_input_trees_are_accepted_or_name_a_duplicate(tree: dict[str, Any]) -> None:
+    """The unmutated trees are valid except for names repeated outside a union."""
+    try:
+        spec_from(base(input=tree))
+    except SpecError as exc:
+        assert "is used twice" in str(exc), str(exc)

@@ -88,6 +88,9 @@ def expand_template(template: str, path: str, groups: Sequence[str]) -> str:
     `template_groups` first so users hear about it).
     """
 
+    if "$" not in template:
+        return template  # the common case, and most templates are ""
+
     def fill(m: re.Match[str]) -> str:
         if m.group(3):
             return "$"
