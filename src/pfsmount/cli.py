@@ -47,6 +47,17 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("spec")
     _data_arg(ls)
     ls.add_argument("--json", action="store_true", help="one JSON record per line")
+    ls.add_argument("--job", default=None, metavar="JOB",
+                    help="show each datum's state in this recorded job (id prefix)")
+
+    lj = sub.add_parser("list-jobs", help="the recorded jobs of a pipeline")
+    lj.add_argument("pipeline", help="pipeline spec file, or pipeline name")
+    _data_arg(lj)
+
+    ij = sub.add_parser("inspect-job", help="counts, timings and failures of one job")
+    ij.add_argument("pipeline", help="pipeline spec file, or pipeline name")
+    ij.add_argument("job", nargs="?", default="", help="job id (prefix); default: the latest")
+    _data_arg(ij)
 
     lg = sub.add_parser("logs", help="show what the user code printed, per datum")
     lg.add_argument("pipeline", help="pipeline spec file, or pipeline name")
@@ -88,6 +99,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_list_datums(args, console)
         if args.command == "logs":
             return _cmd_logs(args, console)
+        if args.command == "list-jobs":
+            return _cmd_list_jobs(args, console)
+        if args.command == "inspect-job":
+            return _cmd_inspect_job(args, console)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     return EXIT_USAGE
@@ -122,7 +137,7 @@ def _load(args: argparse.Namespace, console: Console):
                       "that holds one directory per repo, or set PFSMOUNT_DATA)")
         return None
     try:
-        repos = open_repos(spec.input, data_dir)
+        repos = open_repos(spec.input, data_dir, source=spec.source)
         datums = expand(spec.input, repos)
     except (SpecError, StoreError) as exc:
         console.error(str(exc))
@@ -135,15 +150,39 @@ def _cmd_list_datums(args: argparse.Namespace, console: Console) -> int:
     if loaded is None:
         return EXIT_USAGE
     _spec, _repos, datums, _data = loaded
+    states: dict[str, dict] = {}
+    if args.job is not None:
+        args.pipeline = args.spec
+        ledger = _open_ledger(args, console)
+        if ledger is None:
+            return EXIT_USAGE
+        job = ledger.job(args.job)
+        if job is None:
+            console.error(f"no recorded job matches '{args.job}' (see `pfsmount list-jobs`)")
+            return EXIT_USAGE
+        states = {d["datum_id"]: d for d in ledger.job_datums(job["job_id"])}
     out = sys.stdout
+    if args.job is None:
+        from pfsmount.listing import print_datums
+
+        try:
+            print_datums(_spec, _repos, datums, as_json=args.json, out=out)
+        except BrokenPipeError:
+            # `pfsmount list-datums ... | head`: the reader left early; not an error.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
     for d in datums:
+        rec = states.get(d.id)
         if args.json:
             record = {"id": d.id, "inputs": [
                 {"name": i.name, "repo": i.repo, "branch": i.branch, "path": i.path}
                 for i in d.inputs]}
+            if rec is not None:
+                record.update(state=rec["state"], attempts=rec["attempts"], error=rec["error"])
             out.write(json.dumps(record) + "\n")
-        else:
-            out.write(d.id + "  " + "  ".join(f"{i.name}:{i.path}" for i in d.inputs) + "\n")
+            continue
+        state = f"{rec['state'] if rec else 'not in job':10}  " if args.job is not None else ""
+        out.write(f"{d.id}  {state}" + "  ".join(f"{i.name}:{i.path}" for i in d.inputs) + "\n")
     return EXIT_OK
 
 
@@ -274,6 +313,79 @@ def _cmd_logs(args: argparse.Namespace, console: Console) -> int:
         if line.source != "user":
             tag += f" {line.source}"
         out.write(f"[{tag} {line.stream}] {line.text}\n")
+    return EXIT_OK
+
+
+def _open_ledger(args: argparse.Namespace, console: Console):
+    from pfsmount.ledger import Ledger, LedgerError
+    from pfsmount.output import work_dir
+
+    data_dir = os.path.abspath(args.data or _default_data_dir())
+    pipeline = _pipeline_name(args.pipeline, console)
+    if pipeline is None:
+        return None
+    path = os.path.join(work_dir(data_dir, pipeline), "ledger.sqlite")
+    if not os.path.exists(path):
+        console.error(f"no job of pipeline '{pipeline}' is recorded in {data_dir} "
+                      "(run it first, or pass --data DIR)")
+        return None
+    try:
+        return Ledger(path)
+    except LedgerError as exc:
+        console.error(str(exc))
+        return None
+
+
+def _when(ts: float | None) -> str:
+    import time
+
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts)) if ts else "-"
+
+
+def _cmd_list_jobs(args: argparse.Namespace, console: Console) -> int:
+    ledger = _open_ledger(args, console)
+    if ledger is None:
+        return EXIT_USAGE
+    out = sys.stdout
+    out.write(f"{'JOB':12}  {'STATE':9}  {'STARTED':19}  {'SECONDS':>8}  {'DATUMS':>6}  "
+              f"{'DONE':>6}  {'SKIPPED':>7}  {'FAILED':>6}  {'RECOVERED':>9}\n")
+    for j in ledger.jobs():
+        secs = f"{j['ended'] - j['started']:.1f}" if j["ended"] else "-"
+        out.write(f"{j['job_id'][:12]}  {j['state']:9}  {_when(j['started'])}  {secs:>8}  "
+                  f"{j['total']:>6}  {j['processed']:>6}  {j['skipped']:>7}  {j['failed']:>6}  "
+                  f"{j['recovered']:>9}\n")
+    return EXIT_OK
+
+
+def _cmd_inspect_job(args: argparse.Namespace, console: Console) -> int:
+    ledger = _open_ledger(args, console)
+    if ledger is None:
+        return EXIT_USAGE
+    job = ledger.job(args.job)
+    if job is None:
+        console.error(f"no recorded job matches '{args.job}' (see `pfsmount list-jobs`)")
+        return EXIT_USAGE
+    datums = ledger.job_datums(job["job_id"])
+    counts: dict[str, int] = {}
+    for d in datums:
+        counts[d["state"]] = counts.get(d["state"], 0) + 1
+    timed = sorted(d["seconds"] for d in datums if d["state"] in ("success", "failed",
+                                                                   "recovered"))
+    out = sys.stdout
+    out.write(f"job       {job['job_id']}\nstate     {job['state']}\n"
+              f"started   {_when(job['started'])}\nended     {_when(job['ended'])}\n")
+    if job["message"]:
+        out.write(f"problems  {job['message']}\n")
+    out.write("datums    " + ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
+              + f" (of {job['total']})\n")
+    if timed:
+        out.write(f"timings   median {timed[len(timed) // 2]:.3f}s, max {timed[-1]:.3f}s, "
+                  f"total {sum(timed):.1f}s per datum attempt\n")
+    for d in datums:
+        if d["state"] in ("failed", "recovered"):
+            inputs = ", ".join(f"{i['name']}:{i['path']}" for i in d["inputs"])
+            out.write(f"{d['state']:9} {d['datum_id'][:12]} ({inputs}) after {d['attempts']} "
+                      f"attempt(s): {d['error']}\n")
     return EXIT_OK
 
 

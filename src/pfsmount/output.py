@@ -19,6 +19,7 @@ import contextlib
 import logging
 import os
 import shutil
+import signal
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -115,8 +116,10 @@ class OutputRepo:
         intents += [Intent("add", p, os.path.join(staging, p)) for p in files]
         # The staged bytes must be on disk before the ledger promises them.
         pyfuse3.syncfs(staging)
+        _crash_point("before-ledger")
         self.ledger.finish_datum(self.job_id, datum_id, self._hash(datum_id), "success",
                                  attempts=attempts, seconds=seconds, error="", intents=intents)
+        _crash_point("after-ledger")
         _make_dirs(staging, self.repo_dir, dirs)
         self._settle(intents)
         shutil.rmtree(staging, ignore_errors=True)
@@ -161,7 +164,9 @@ class OutputRepo:
 
     def _apply(self, intents: Sequence[Intent]) -> None:
         # Every operation is idempotent, so a redo after a crash can replay them all.
-        for it in intents:
+        for n, it in enumerate(intents):
+            if n == 1:
+                _crash_point("mid-apply")
             target = os.path.join(self.repo_dir, it.path)
             if it.op == "del":
                 with contextlib.suppress(FileNotFoundError):
@@ -172,6 +177,12 @@ class OutputRepo:
                 if os.path.isdir(target) and not os.path.islink(target):
                     os.rmdir(target)  # an empty directory left by a datum that changed
                 os.replace(it.source, target)
+
+
+def _crash_point(name: str) -> None:
+    """Die here, as a power cut would, when a crash test asks for it (PFSMOUNT_CRASH_AT)."""
+    if os.environ.get("PFSMOUNT_CRASH_AT") == name:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _scan(root: str) -> tuple[list[str], list[str]]:
