@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import stat
+import subprocess
 import time
 from pathlib import Path
 
@@ -450,6 +452,27 @@ def test_sigterm_stops_everything_and_commits_no_partial_output(
     assert "resuming interrupted job" in again.stderr
     assert f"{len(done)} finished before the interruption" in again.stderr
     assert _outputs(data) == {f"f{i}": b"partial and complete" for i in range(50)}
+
+
+def test_a_stale_mount_left_by_a_dead_pfsmount_is_cleaned_up(tmp_path: Path, mnt: Path) -> None:
+    spec, data, pidfile = _slow_job(tmp_path, mnt)
+    proc = start_pfsmount(spec, data, mnt)
+    _wait_for(lambda: pidfile.exists() and len(_outputs(data)) >= 2)
+    # Without its fusermount3 helper (auto_unmount) a dead pfsmount leaves a dead mount.
+    helper = subprocess.run(["pgrep", "-f", f"fusermount3 .*-- {mnt}$"], capture_output=True,
+                            text=True, check=True).stdout.split()
+    for pid in helper:
+        os.kill(int(pid), signal.SIGKILL)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    _wait_for(lambda: not any(_alive(pid) for pid in _pids(pidfile)), timeout=15)
+    assert is_mounted(mnt)
+    result = run_pfsmount(spec, data, mnt)
+    assert result.returncode == 0, result
+    assert "left over from a pfsmount that died; unmounting it" in result.stderr
+    assert "resuming interrupted job" in result.stderr
+    assert _outputs(data) == {f"f{i}": b"partial and complete" for i in range(50)}
+    assert not is_mounted(mnt)
 
 
 def test_busy_or_non_empty_mountpoint_is_refused(tmp_path: Path, mnt: Path) -> None:
