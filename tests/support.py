@@ -141,3 +141,18 @@ def pachyderm_datum_id(inputs: Sequence[tuple[str, str, str, str]]) -> str:
             h.update(raw)
             h.update(struct.pack(">q", len(raw)))
     return h.hexdigest()
+
+
+def datum_states(data: Path, pipeline: str) -> dict[str, tuple[str, int]]:
+    """Each datum's state and attempts in the latest job, by its first input's path."""
+    import json
+    import sqlite3
+
+    db = sqlite3.connect(data / ".pfsmount" / pipeline / "ledger.sqlite")
+    try:
+        (job,) = db.execute("SELECT job_id FROM jobs ORDER BY started DESC LIMIT 1").fetchone()
+        rows = db.execute("SELECT inputs, state, attempts FROM job_datums WHERE job_id = ?",
+                          (job,)).fetchall()
+    finally:
+        db.close()
+    return {json.loads(inputs)[0]["path"]: (state, attempts) for inputs, state, attempts in rows}

@@ -12,6 +12,7 @@ import pytest
 from support import (
     PY,
     batching_spec,
+    datum_states,
     needs_fuse,
     read_tree,
     run_pfsmount,
@@ -87,10 +88,7 @@ def _job(tmp_path: Path, mnt: Path, mode: str, *, files: str = "abc",
 
 
 def _states(data: Path) -> dict[str, tuple[str, int]]:
-    """Each datum's final state and attempts, by input path, from the job record."""
-    (record,) = (data / ".pfsmount" / "job" / "logs").glob("*.json")
-    job = json.loads(record.read_text())
-    return {d["inputs"][0]["path"]: (d["state"], d["attempts"]) for d in job["datums"]}
+    return datum_states(data, "job")
 
 
 @pytest.mark.parametrize("mode", MODES)

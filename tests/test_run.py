@@ -13,6 +13,7 @@ from pathlib import Path
 
 from support import (
     batching_spec,
+    datum_states,
     finish,
     is_mounted,
     needs_fuse,
@@ -137,10 +138,7 @@ def test_pachyderm_sdk_decorator_at_the_real_pfs(tmp_path: Path) -> None:
     assert "ValueError('cannot process b.txt')" in result.stderr
     assert "2 datums processed, 1 failed" in result.stderr
     assert starts.read_text() == "started\n"  # a reported error does not restart the process
-    (record,) = (data / ".pfsmount" / "upper" / "logs").glob("*.json")
-    states = {d["inputs"][0]["path"]: (d["state"], d["attempts"])
-              for d in json.loads(record.read_text())["datums"]}
-    assert states == {"/a.txt": ("success", 1), "/b.txt": ("failed", 3),
+    assert datum_states(data, "upper") == {"/a.txt": ("success", 1), "/b.txt": ("failed", 3),
                       "/c.txt": ("success", 1)}
 
 

@@ -153,13 +153,10 @@ def _cmd_list_datums(args: argparse.Namespace, console: Console) -> int:
     states: dict[str, dict] = {}
     if args.job is not None:
         args.pipeline = args.spec
-        ledger = _open_ledger(args, console)
-        if ledger is None:
+        found = _find_job(args, console, args.job)
+        if found is None:
             return EXIT_USAGE
-        job = ledger.job(args.job)
-        if job is None:
-            console.error(f"no recorded job matches '{args.job}' (see `pfsmount list-jobs`)")
-            return EXIT_USAGE
+        ledger, job = found
         states = {d["datum_id"]: d for d in ledger.job_datums(job["job_id"])}
     out = sys.stdout
     if args.job is None:
@@ -280,33 +277,26 @@ def _summarize(report, console: Console, spec_path: str) -> int:
 
 
 def _cmd_logs(args: argparse.Namespace, console: Console) -> int:
-    from pfsmount.joblog import job_records, read_lines
+    from pfsmount.joblog import read_lines
 
-    data_dir = os.path.abspath(args.data or _default_data_dir())
-    pipeline = _pipeline_name(args.pipeline, console)
-    if pipeline is None:
+    found = _find_job(args, console, args.job)
+    if found is None:
         return EXIT_USAGE
-    jobs = job_records(data_dir, pipeline)
-    if args.job:
-        jobs = [j for j in jobs if j["job_id"].startswith(args.job)]
-    if not jobs:
-        console.error(f"no recorded job of pipeline '{pipeline}' in {data_dir}"
-                      + (f" matches '{args.job}'" if args.job else "")
-                      + " (run it first, or pass --data DIR)")
-        return EXIT_USAGE
-    job = jobs[-1]
+    ledger, job = found
+    datums = ledger.job_datums(job["job_id"])
     wanted: set[str] | None = None
     if args.failed:
-        wanted = {d["id"] for d in job["datums"] if d["state"] in ("failed", "recovered")}
+        wanted = {d["datum_id"] for d in datums if d["state"] in ("failed", "recovered")}
     if args.datum:
-        matches = {d["id"] for d in job["datums"] if d["id"].startswith(args.datum)}
+        matches = {d["datum_id"] for d in datums if d["datum_id"].startswith(args.datum)}
         if not matches:
             console.error(f"job {job['job_id'][:12]} has no datum whose id starts with "
                           f"'{args.datum}' (see `pfsmount list-datums`)")
             return EXIT_USAGE
         wanted = matches if wanted is None else wanted & matches
+    data_dir = os.path.abspath(args.data or _default_data_dir())
     out = sys.stdout
-    for line in read_lines(data_dir, pipeline, job["job_id"]):
+    for line in read_lines(data_dir, job["pipeline"], job["job_id"]):
         if wanted is not None and line.datum not in wanted:
             continue
         tag = f"{line.datum[:12] or '-':12} #{line.attempt}"
@@ -336,6 +326,18 @@ def _open_ledger(args: argparse.Namespace, console: Console):
         return None
 
 
+def _find_job(args: argparse.Namespace, console: Console, job_prefix: str):
+    """(ledger, job record) for the recorded job `job_prefix` ("" = latest), or None."""
+    ledger = _open_ledger(args, console)
+    if ledger is None:
+        return None
+    job = ledger.job(job_prefix)
+    if job is None:
+        console.error(f"no recorded job matches '{job_prefix}' (see `pfsmount list-jobs`)")
+        return None
+    return ledger, job
+
+
 def _when(ts: float | None) -> str:
     import time
 
@@ -358,13 +360,10 @@ def _cmd_list_jobs(args: argparse.Namespace, console: Console) -> int:
 
 
 def _cmd_inspect_job(args: argparse.Namespace, console: Console) -> int:
-    ledger = _open_ledger(args, console)
-    if ledger is None:
+    found = _find_job(args, console, args.job)
+    if found is None:
         return EXIT_USAGE
-    job = ledger.job(args.job)
-    if job is None:
-        console.error(f"no recorded job matches '{args.job}' (see `pfsmount list-jobs`)")
-        return EXIT_USAGE
+    ledger, job = found
     datums = ledger.job_datums(job["job_id"])
     counts: dict[str, int] = {}
     for d in datums:

@@ -1,8 +1,6 @@
-"""Per-job records on disk: every line the user code wrote, tagged with its datum, and how
-each datum ended. `pfsmount logs` reads them after the fact.
-
-    DATA/.pfsmount/<pipeline>/logs/<job-id>.jsonl   one JSON object per output line
-    DATA/.pfsmount/<pipeline>/logs/<job-id>.json    the job's outcome and its datums
+"""Every line the user code wrote, tagged with the datum it belongs to, kept per job:
+`DATA/.pfsmount/<pipeline>/logs/<job-id>.jsonl`, one JSON object per line. `pfsmount logs`
+reads them after the fact, using the ledger to know which datums failed.
 """
 
 from __future__ import annotations
@@ -12,7 +10,7 @@ import os
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, TextIO
+from typing import TextIO
 
 from pfsmount.output import WORK_DIR
 
@@ -40,7 +38,6 @@ class JobLog:
         directory = logs_dir(data_dir, pipeline)
         os.makedirs(directory, exist_ok=True)
         self.lines_path = os.path.join(directory, f"{job_id}.jsonl")
-        self.record_path = os.path.join(directory, f"{job_id}.json")
         self._file: TextIO = open(self.lines_path, "a", encoding="utf-8")  # noqa: SIM115
 
     def line(self, datum: str, attempt: int, source: str, stream: str, text: bytes) -> None:
@@ -49,26 +46,8 @@ class JobLog:
                   "text": text.decode(errors="replace")}
         self._file.write(json.dumps(record) + "\n")
 
-    def close(self, job: dict[str, Any]) -> None:
-        """Flush the lines and write the job's record beside them."""
+    def close(self) -> None:
         self._file.close()
-        tmp = self.record_path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(job, f, indent=1)
-        os.replace(tmp, self.record_path)
-
-
-def job_records(data_dir: str, pipeline: str) -> list[dict[str, Any]]:
-    """Every recorded job of `pipeline`, oldest first."""
-    directory = logs_dir(data_dir, pipeline)
-    if not os.path.isdir(directory):
-        return []
-    jobs = []
-    for name in os.listdir(directory):
-        if name.endswith(".json"):
-            with open(os.path.join(directory, name), encoding="utf-8") as f:
-                jobs.append(json.load(f))
-    return sorted(jobs, key=lambda j: j.get("started", 0))
 
 
 def read_lines(data_dir: str, pipeline: str, job_id: str) -> Iterator[LogLine]:

@@ -286,7 +286,6 @@ async def _locked_job(
     prepare_mountpoint(opts.mountpoint)
     joblog = JobLog(opts.data_dir, spec.name, plan.job_id)
     bin_dir = tempfile.mkdtemp(prefix="pfsmount-bin-")
-    started_wall = time.time()
     started = time.monotonic()
     fs = PfsOperations()
     loop = DatumLoop(
@@ -330,22 +329,8 @@ async def _locked_job(
     await trio.to_thread.run_sync(ledger.end_job, plan.job_id, report.outcome,
                                   "; ".join(problems))
     ledger.close()
-    joblog.close(_job_record(spec, report, started_wall))
+    joblog.close()
     return report
-
-
-def _job_record(spec: PipelineSpec, report: JobReport, started: float) -> dict[str, object]:
-    return {
-        "job_id": report.job_id, "pipeline": spec.name, "started": started,
-        "ended": time.time(), "outcome": report.outcome, "problems": report.problems,
-        "datums": [
-            {"id": r.datum.id, "state": r.state.value, "attempts": r.attempts,
-             "error": r.error, "seconds": round(r.seconds, 3),
-             "inputs": [{"name": i.name, "repo": i.repo, "path": i.path}
-                        for i in r.datum.inputs]}
-            for r in report.records
-        ],
-    }
 
 
 async def _serve(
