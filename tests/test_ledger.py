@@ -237,7 +237,8 @@ def test_a_full_disk_during_a_commit_fails_that_datum_cleanly(
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(disk)], check=True)
     try:
         p = Pipeline(disk, mnt)
-        write_tree(p.data / "in", {"a": "alpha", "b": "bravo", "c": "charlie"})
+        # z comes last, so the datums before it are done when it fills the disk.
+        write_tree(p.data / "in", {"a": "alpha", "c": "charlie", "z": "zulu"})
         script = write_script(disk / "fill.py", """
             import os
             from pfsmount import batch_datums
@@ -248,12 +249,12 @@ def test_a_full_disk_during_a_commit_fails_that_datum_cleanly(
                 name = os.path.basename(os.environ["in"])
                 with open(f"{MNT}/out/{name}.txt", "w") as f:
                     f.write(name)
-                if name == "b":
+                if name == "z":
                     # Many small files (ledger rows to write at commit), then every free block.
                     for i in range(3000):
-                        open(f"{MNT}/out/b-{i:04d}", "w").close()
+                        open(f"{MNT}/out/z-{i:04d}", "w").close()
                     try:
-                        with open(f"{MNT}/out/b-fill", "wb") as f:
+                        with open(f"{MNT}/out/z-fill", "wb") as f:
                             while True:
                                 f.write(b"x" * 65536)
                                 f.flush()

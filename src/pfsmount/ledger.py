@@ -69,6 +69,19 @@ class Intent:
     source: str = ""  # absolute staging path, for "add"
 
 
+@dataclass(frozen=True)
+class DatumEnding:
+    """How one datum ended, and what that changes in the output repo."""
+
+    datum_id: str
+    datum_hash: str
+    state: str
+    attempts: int
+    seconds: float
+    error: str
+    intents: Sequence[Intent]
+
+
 class Ledger:
     """Thread-safe access to one pipeline's ledger database."""
 
@@ -212,21 +225,22 @@ class Ledger:
     def all_outputs(self) -> dict[str, str]:
         return dict(self._query("SELECT path, datum_id FROM outputs"))
 
-    def finish_datum(
-        self, job_id: str, datum_id: str, datum_hash: str, state: str, *, attempts: int,
-        seconds: float, error: str, intents: Sequence[Intent],
-    ) -> None:
-        """One transaction: the datum's new state, its new output files, and the redo log."""
-        stmts: list[tuple[str, Sequence[Any]]] = [
-            ("UPDATE job_datums SET state = ?, attempts = ?, seconds = ?, error = ?, outputs = ?, "
-             "ended = ? WHERE job_id = ? AND datum_id = ?",
-             (state, attempts, seconds, error, sum(1 for i in intents if i.op == "add"),
-              time.time(), job_id, datum_id)),
-            ("INSERT INTO datums (datum_id, hash, state, job_id) VALUES (?, ?, ?, ?) "
-             "ON CONFLICT(datum_id) DO UPDATE SET hash = excluded.hash, state = excluded.state, "
-             "job_id = excluded.job_id", (datum_id, datum_hash, state, job_id)),
-        ]
-        stmts += self._intent_statements(datum_id, intents)
+    def finish_datums(self, job_id: str, endings: Sequence[DatumEnding]) -> None:
+        """One transaction for a group of datums: new states, output files, and the redo log."""
+        stmts: list[tuple[str, Sequence[Any]]] = []
+        now = time.time()
+        for e in endings:
+            stmts += [
+                ("UPDATE job_datums SET state = ?, attempts = ?, seconds = ?, error = ?, "
+                 "outputs = ?, ended = ? WHERE job_id = ? AND datum_id = ?",
+                 (e.state, e.attempts, e.seconds, e.error,
+                  sum(1 for i in e.intents if i.op == "add"), now, job_id, e.datum_id)),
+                ("INSERT INTO datums (datum_id, hash, state, job_id) VALUES (?, ?, ?, ?) "
+                 "ON CONFLICT(datum_id) DO UPDATE SET hash = excluded.hash, "
+                 "state = excluded.state, job_id = excluded.job_id",
+                 (e.datum_id, e.datum_hash, e.state, job_id)),
+            ]
+            stmts += self._intent_statements(e.datum_id, e.intents)
         self._transaction(stmts)
 
     def forget_datums(self, datum_ids: Sequence[str], intents: Sequence[Intent]) -> None:

@@ -11,6 +11,11 @@ A datum's output enters the output repo in one logical step: its staged files ar
 then one ledger transaction records the datum's new state, its files and the intended file
 operations (the redo log); then the files are renamed into place (same file system: no
 copy), synced, and the intent is cleared. `recover()` finishes whatever a crash interrupted.
+
+Endings are group-committed: NextDatum only checks conflicts and queues the datum, and a
+committer flushes the queue every few tens of milliseconds (and at the end of the job), so
+one pair of syncs and one transaction serve many datums. A crash loses at most the queued
+datums, which the resumed job simply runs again.
 """
 
 from __future__ import annotations
@@ -20,12 +25,13 @@ import logging
 import os
 import shutil
 import signal
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import pyfuse3
 
-from pfsmount.ledger import Intent, Ledger
+from pfsmount.ledger import DatumEnding, Intent, Ledger, LedgerError
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +40,24 @@ WORK_DIR = ".pfsmount"
 
 class OutputConflict(Exception):
     """Two datums wrote the same output path."""
+
+
+class _NotRecorded(Exception):
+    """A group of endings could not be recorded; nothing of it changed."""
+
+
+@dataclass
+class _Ending:
+    """A datum ending queued for the next group commit."""
+
+    datum_id: str
+    state: str
+    attempts: int
+    seconds: float
+    error: str
+    intents: list[Intent]
+    dirs: list[str]
+    staging: str | None
 
 
 def work_dir(data_dir: str, pipeline: str) -> str:
@@ -51,6 +75,10 @@ class OutputRepo:
     hashes: Mapping[str, str] | None = None  # datum id -> datum hash, for the ledger
 
     def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+        self._batch: list[_Ending] = []
+        self._claims: dict[str, str] = {}  # output path -> queued datum that adds it
+        self._releases: set[str] = set()  # output paths queued endings delete
         self.work = work_dir(self.data_dir, self.pipeline)
         self.staging_root = os.path.join(self.work, "staging")
         self.repo_dir = os.path.join(self.data_dir, self.pipeline)
@@ -103,36 +131,92 @@ class OutputRepo:
         """Drop an attempt's output."""
         shutil.rmtree(staging, ignore_errors=True)
 
-    def commit(self, datum_id: str, staging: str, *, attempts: int, seconds: float) -> int:
-        """Make a successful attempt's files the datum's output; returns how many files.
+    def stage_success(self, datum_id: str, staging: str, *, attempts: int,
+                      seconds: float) -> int:
+        """Queue a successful attempt's files as the datum's output; returns how many files.
 
-        Raises OutputConflict, before changing anything, if a path is already an output of
-        another datum (or a file where this datum made a directory, or the reverse).
+        Raises OutputConflict, before queueing anything, if a path is already an output of
+        another datum (committed or queued), or a file where another datum has a directory,
+        or the reverse. The output becomes durable at the next `flush`.
         """
         files, dirs = _scan(staging)
-        self._check_conflicts(datum_id, files, dirs)
-        mine = set(files)
-        intents = [Intent("del", p) for p in self.ledger.outputs_of(datum_id) if p not in mine]
-        intents += [Intent("add", p, os.path.join(staging, p)) for p in files]
-        # The staged bytes must be on disk before the ledger promises them.
-        pyfuse3.syncfs(staging)
-        _crash_point("before-ledger")
-        self.ledger.finish_datum(self.job_id, datum_id, self._hash(datum_id), "success",
-                                 attempts=attempts, seconds=seconds, error="", intents=intents)
-        _crash_point("after-ledger")
-        _make_dirs(staging, self.repo_dir, dirs)
-        self._settle(intents)
-        shutil.rmtree(staging, ignore_errors=True)
+        with self._lock:
+            self._check_conflicts(datum_id, files, dirs)
+            mine = set(files)
+            intents = [Intent("del", p) for p in self.ledger.outputs_of(datum_id)
+                       if p not in mine]
+            intents += [Intent("add", p, os.path.join(staging, p)) for p in files]
+            self._queue(_Ending(datum_id, "success", attempts, seconds, "", intents, dirs,
+                                staging))
         return len(files)
 
-    def settle_failure(self, datum_id: str, state: str, *, attempts: int, seconds: float,
-                       error: str) -> None:
-        """A datum ended FAILED or RECOVERED: record it; it keeps no output."""
-        intents = [Intent("del", p) for p in self.ledger.outputs_of(datum_id)]
-        self.ledger.finish_datum(self.job_id, datum_id, self._hash(datum_id), state,
-                                 attempts=attempts, seconds=seconds, error=error,
-                                 intents=intents)
-        self._settle(intents)
+    def stage_failure(self, datum_id: str, state: str, *, attempts: int, seconds: float,
+                      error: str) -> None:
+        """Queue a FAILED or RECOVERED ending: the datum keeps no output."""
+        with self._lock:
+            intents = [Intent("del", p) for p in self.ledger.outputs_of(datum_id)]
+            self._queue(_Ending(datum_id, state, attempts, seconds, error, intents, [], None))
+
+    @property
+    def pending(self) -> int:
+        return len(self._batch)
+
+    def flush(self) -> list[tuple[str, str]]:
+        """Commit every queued ending (group commit); returns (datum id, error) of failures.
+
+        One sync and one ledger transaction cover the whole group. If the group cannot be
+        committed (a full disk, say), each ending is tried alone so only the culprits fail.
+        """
+        with self._lock:
+            batch, self._batch = self._batch, []
+        if not batch:
+            return []
+        failures: list[tuple[str, str]] = []
+        try:
+            self._commit(batch)
+        except _NotRecorded:
+            for ending in batch:
+                try:
+                    self._commit([ending])
+                except _NotRecorded as exc:
+                    failures.append((ending.datum_id, f"could not commit its output: {exc}"))
+                    if ending.staging:
+                        self.discard(ending.staging)
+        with self._lock:
+            for ending in batch:
+                for it in ending.intents:
+                    self._claims.pop(it.path, None)
+                    self._releases.discard(it.path)
+        return failures
+
+    def _queue(self, ending: _Ending) -> None:
+        self._batch.append(ending)
+        for it in ending.intents:
+            if it.op == "add":
+                self._claims[it.path] = ending.datum_id
+            else:
+                self._releases.add(it.path)
+
+    def _commit(self, batch: Sequence[_Ending]) -> None:
+        try:
+            # The staged bytes must be on disk before the ledger promises them.
+            pyfuse3.syncfs(self.staging_root)
+            _crash_point("before-ledger")
+            self.ledger.finish_datums(self.job_id, [
+                DatumEnding(e.datum_id, self._hash(e.datum_id), e.state, e.attempts, e.seconds,
+                            e.error, e.intents) for e in batch])
+        except (OSError, LedgerError) as exc:
+            raise _NotRecorded(str(exc)) from None
+        _crash_point("after-ledger")
+        # From here on the ledger has promised these files: a failure is finished by
+        # recover() at the next start, never rolled back.
+        for e in batch:
+            if e.staging:
+                _make_dirs(e.staging, self.repo_dir, e.dirs)
+        self._settle([it for e in batch for it in e.intents])
+        for e in batch:
+            if e.staging:
+                shutil.rmtree(e.staging, ignore_errors=True)
 
     # ----- internals ------------------------------------------------------------------
 
@@ -140,17 +224,36 @@ class OutputRepo:
         return (self.hashes or {}).get(datum_id, "")
 
     def _check_conflicts(self, datum_id: str, files: Sequence[str], dirs: Sequence[str]) -> None:
-        for path, owner in self.ledger.owners(files, below=True).items():
-            if owner != datum_id:
+        for path in files:
+            owner = self._owner(path, below=True)
+            if owner is not None and owner != datum_id:
                 raise OutputConflict(
                     f"output path /{path} was written by datum {owner} and datum {datum_id}; "
                     "each output path may come from one datum only (write datum-specific "
                     "names, e.g. include the input file name)")
-        for path, owner in self.ledger.owners(dirs, below=False).items():
-            if owner != datum_id:
+        for path in dirs:
+            owner = self._owner(path, below=False)
+            if owner is not None and owner != datum_id:
                 raise OutputConflict(
                     f"output path /{path} is a file from datum {owner} but a directory in "
                     f"datum {datum_id}")
+
+    def _owner(self, path: str, *, below: bool) -> str | None:
+        """Who already has an output file colliding with `path`: queued first, then committed."""
+        parts = path.split("/")
+        for i in range(1, len(parts) + 1):
+            claimant = self._claims.get("/".join(parts[:i]))
+            if claimant is not None:
+                return claimant
+        if below:
+            prefix = path + "/"
+            for claimed, claimant in self._claims.items():
+                if claimed.startswith(prefix):
+                    return claimant
+        owner = self.ledger.owners([path], below=below).get(path)
+        if owner is not None and path in self._releases:
+            return None  # its owner's queued ending deletes it
+        return owner
 
     def _settle(self, intents: Sequence[Intent]) -> None:
         """Apply logged operations, make them durable, and clear the log."""

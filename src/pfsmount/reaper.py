@@ -2,8 +2,10 @@
 
 pfsmount starts user code as `python -S reaper.py CMD...`. This process leads the user
 code's process group, asks the kernel to signal it when pfsmount dies (even by SIGKILL,
-which pfsmount itself cannot catch), and then stops the whole group: a SIGTERM, a grace
-period, a SIGKILL. Otherwise it just waits for CMD and exits with CMD's status. It is run
+which pfsmount itself cannot catch), and then kills the whole group at once: with /pfs gone,
+a program that lived on could write into the bare mountpoint directory. When pfsmount stops
+it in an orderly way (SIGTERM), the group gets SIGTERM, a grace period, then SIGKILL.
+Otherwise the reaper just waits for CMD and exits with CMD's status. It is run
 without `site` and imports only the standard library so it starts in milliseconds.
 """
 
@@ -17,6 +19,8 @@ import time
 
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
+# The parent-death signal: a real-time one, which no program sends to its group by habit.
+ORPHANED = signal.SIGRTMIN + 3
 GRACE_SECONDS = float(os.environ.get("PFSMOUNT_REAPER_GRACE", "5"))
 
 
@@ -36,19 +40,27 @@ def _stop_group(signum, frame):
     os.killpg(0, signal.SIGKILL)
 
 
+def _orphaned(signum, frame):
+    # pfsmount is gone and so is /pfs: every moment the program lives on it may write into
+    # the bare mountpoint directory. No grace period.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    os.killpg(0, signal.SIGKILL)
+
+
 def main(argv):
     if not argv:
         sys.stderr.write("usage: reaper.py CMD [ARG...]\n")
         return 2
     parent = os.getppid()
     libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    signal.signal(ORPHANED, _orphaned)
+    libc.prctl(PR_SET_PDEATHSIG, ORPHANED, 0, 0, 0)
     # Orphaned grandchildren come to us instead of init, so they stay in reach.
     libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     signal.signal(signal.SIGTERM, _stop_group)
     if os.getppid() != parent:
         # pfsmount died before the death signal was armed.
-        _stop_group(signal.SIGTERM, None)
+        _orphaned(ORPHANED, None)
     try:
         pid = os.fork()
     except OSError as exc:

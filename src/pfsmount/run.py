@@ -43,6 +43,9 @@ from pfsmount.worker import Bridge, DatumLoop, DatumRecord, DatumState
 log = logging.getLogger(__name__)
 
 PORT_ENV = "PPS_WORKER_GRPC_PORT"
+# Long enough to batch many fast datums into one sync, short enough that little is redone
+# after a crash.
+COMMIT_INTERVAL = 0.05
 
 
 class RunError(Exception):
@@ -304,15 +307,21 @@ async def _locked_job(
     problems: list[str] = []
     outcome = "failed"
     restarts = 0
+    serving = trio.Event()
     try:
         async with trio.open_nursery() as fs_nursery:
             fs_nursery.start_soon(pyfuse3.main)
+            fs_nursery.start_soon(_committer, loop, serving)
             try:
                 write_shims(bin_dir)
                 outcome, restarts = await _serve(spec, loop, opts, console, bin_dir, joblog,
                                                  problems)
             finally:
-                pyfuse3.terminate()
+                with trio.CancelScope(shield=True):
+                    serving.set()
+                    # Datums that finished are kept, even when the job was interrupted.
+                    await loop.flush()
+                    pyfuse3.terminate()
     finally:
         pyfuse3.close(unmount=True)
         shutil.rmtree(bin_dir, ignore_errors=True)
@@ -376,6 +385,15 @@ async def _serve(
                 await loop.abort("the job was stopped while this datum was running")
             server.stop(grace=0)
     return outcome, sup.restarts
+
+
+async def _committer(loop: DatumLoop, done: trio.Event) -> None:
+    """Group-commit ended datums every COMMIT_INTERVAL seconds until `done`."""
+    while not done.is_set():
+        with trio.move_on_after(COMMIT_INTERVAL):
+            await done.wait()
+        if not done.is_set():
+            await loop.flush()
 
 
 async def _watch_signals(scope: trio.CancelScope, interrupted: list[str]) -> None:

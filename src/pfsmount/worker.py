@@ -301,9 +301,9 @@ class DatumLoop:
         if not error:
             try:
                 record.output_files = await trio.to_thread.run_sync(
-                    lambda: self._output.commit(record.datum.id, cur.out.staging,
-                                                attempts=record.attempts,
-                                                seconds=record.seconds))
+                    lambda: self._output.stage_success(record.datum.id, cur.out.staging,
+                                                       attempts=record.attempts,
+                                                       seconds=record.seconds))
             except OutputConflict as exc:
                 # Deterministic: another try would write the same path again.
                 self._current = None
@@ -350,7 +350,7 @@ class DatumLoop:
         else:
             log.warning("datum %s recovered by err_cmd after: %s", record.datum.id[:12], error)
         try:
-            await trio.to_thread.run_sync(lambda: self._output.settle_failure(
+            await trio.to_thread.run_sync(lambda: self._output.stage_failure(
                 record.datum.id, state.value, attempts=record.attempts, seconds=record.seconds,
                 error=error))
         except (OSError, LedgerError) as exc:
@@ -358,6 +358,18 @@ class DatumLoop:
             log.error("could not record datum %s as %s: %s", record.datum.id[:12],
                       state.value, exc)
         self._on_progress(self)
+
+    async def flush(self) -> None:
+        """Group-commit the datums that ended since the last flush."""
+        if not self._output.pending:
+            return
+        for datum_id, error in await trio.to_thread.run_sync(self._output.flush):
+            record = next(r for r in self.records if r.datum.id == datum_id)
+            record.state = DatumState.FAILED
+            record.error = error
+            record.output_files = 0
+            log.warning("datum %s failed: %s", datum_id[:12], error)
+            self._on_progress(self)
 
 
 class Bridge:
