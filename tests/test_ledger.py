@@ -120,9 +120,10 @@ def test_incremental_runs(tmp_path: Path, mnt: Path) -> None:
     (p.data / "in" / "c").unlink()
     (p.data / "in" / "e").unlink()
     del files["c"], files["e"]
-    ran, _ = p.run()
+    ran, err = p.run()
     assert ran == set()
     assert p.output() == _expected(files)
+    assert "no datum needs to run; the user code is not started" in err
 
     # A new salt changes every datum's hash.
     p.update_spec(salt="pepper")

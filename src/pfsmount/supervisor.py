@@ -66,6 +66,9 @@ class Supervisor:
         """Process every datum; returns "success" when the loop completed, else "failed"."""
         t = self.spec.transform
         self.loop.configure(self.env, self._run_err_cmd if t.err_cmd else None)
+        if not self.loop.records:
+            log.info("no datum needs to run; the user code is not started")
+            return "success"
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             try:
