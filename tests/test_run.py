@@ -255,6 +255,58 @@ def test_mounting_a_datum_reads_no_content(tmp_path: Path, mnt: Path) -> None:
     assert "read 10 B from 1 input file" in result.stderr
 
 
+def test_input_files_behave_like_real_files(tmp_path: Path, mnt: Path) -> None:
+    data = tmp_path / "data"
+    write_tree(data / "in", {"dir/data.bin": bytes(range(256)) * 64, "dir/sub/x.txt": "x"})
+    os.chmod(data / "in" / "dir" / "data.bin", 0o640)
+    os.symlink("data.bin", data / "in" / "dir" / "link")
+    script = write_script(tmp_path / "files.py", """
+        import glob, json, mmap, os, stat, subprocess
+        from pfsmount import batch_datums
+        MNT = os.environ["MNT"]
+
+        @batch_datums
+        def main():
+            path = os.path.join(os.environ["in"], "data.bin")
+            with open(path, "rb") as f:
+                f.seek(1000)
+                middle = f.read(4)
+                f.seek(0)
+                whole = f.read()
+                again = f.read()
+                f.seek(0)
+                reread = f.read()
+                with mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as m:
+                    mapped = m[1000:1004]
+            st = os.stat(path)
+            report = {
+                "middle": list(middle), "mapped": list(mapped), "same": whole == reread,
+                "eof": again == b"", "size": st.st_size, "mode": oct(stat.S_IMODE(st.st_mode)),
+                "link": os.readlink(os.path.join(os.environ["in"], "link")),
+                "envs": glob.glob(MNT + "/**/.env", recursive=True, include_hidden=True),
+                "find": sorted(subprocess.run(["find", MNT + "/in", "-type", "f"],
+                                              capture_output=True, text=True,
+                                              check=True).stdout.split()),
+            }
+            with open(MNT + "/out/report.json", "w") as f:
+                json.dump(report, f)
+
+        main()
+    """)
+    spec = write_spec(tmp_path / "p.yaml", batching_spec(
+        "files", _pfs("in", "/*"), ["python3", str(script)], env={"MNT": str(mnt)}))
+    result = run_pfsmount(spec, data, mnt)
+    assert result.returncode == 0, result
+    report = json.loads((data / "files" / "report.json").read_text())
+    expected = list((bytes(range(256)) * 64)[1000:1004])
+    assert report["middle"] == expected and report["mapped"] == expected
+    assert report["same"] and report["eof"]
+    assert report["size"] == 256 * 64 and report["mode"] == "0o640"
+    assert report["link"] == "data.bin"
+    assert report["envs"] == [f"{mnt}/.env"]
+    assert report["find"] == [f"{mnt}/in/dir/data.bin", f"{mnt}/in/dir/sub/x.txt"]
+
+
 def test_pfs_out_supports_what_programs_do(tmp_path: Path, mnt: Path) -> None:
     data = tmp_path / "data"
     write_tree(data / "in", {"only": "x"})
