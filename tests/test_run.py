@@ -279,7 +279,10 @@ def test_input_files_behave_like_real_files(tmp_path: Path, mnt: Path) -> None:
                 with mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as m:
                     mapped = m[1000:1004]
             st = os.stat(path)
+            dev = os.stat(MNT).st_dev
+            bdi = f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb"
             report = {
+                "read_ahead_kb": open(bdi).read().strip(),
                 "middle": list(middle), "mapped": list(mapped), "same": whole == reread,
                 "eof": again == b"", "size": st.st_size, "mode": oct(stat.S_IMODE(st.st_mode)),
                 "link": os.readlink(os.path.join(os.environ["in"], "link")),
@@ -303,6 +306,7 @@ def test_input_files_behave_like_real_files(tmp_path: Path, mnt: Path) -> None:
     assert report["same"] and report["eof"]
     assert report["size"] == 256 * 64 and report["mode"] == "0o640"
     assert report["link"] == "data.bin"
+    assert report["read_ahead_kb"] == "1024"  # bigger FUSE reads, fewer round trips
     assert report["envs"] == [f"{mnt}/.env"]
     assert report["find"] == [f"{mnt}/in/dir/data.bin", f"{mnt}/in/dir/sub/x.txt"]
 

@@ -46,6 +46,7 @@ PORT_ENV = "PPS_WORKER_GRPC_PORT"
 # Long enough to batch many fast datums into one sync, short enough that little is redone
 # after a crash.
 COMMIT_INTERVAL = 0.05
+READ_AHEAD_KB = 1024
 
 
 class RunError(Exception):
@@ -312,6 +313,7 @@ async def _locked_job(
         async with trio.open_nursery() as fs_nursery:
             fs_nursery.start_soon(pyfuse3.main)
             fs_nursery.start_soon(_committer, loop, serving)
+            fs_nursery.start_soon(_tune_read_ahead, opts.mountpoint)
             try:
                 write_shims(bin_dir)
                 outcome, restarts = await _serve(spec, loop, opts, console, bin_dir, joblog,
@@ -385,6 +387,27 @@ async def _serve(
                 await loop.abort("the job was stopped while this datum was running")
             server.stop(grace=0)
     return outcome, sup.restarts
+
+
+async def _tune_read_ahead(mountpoint: str) -> None:
+    """Let the kernel read ahead 1 MiB on /pfs (the default is 128 KiB).
+
+    Bigger read-ahead means bigger FUSE read requests, so fewer round trips per megabyte:
+    measured in docs/benchmarks.md, served reads go from ~1.7 to ~3.3 GB/s. Only root may
+    change it; anyone else keeps the default.
+    """
+    try:
+        # stat() of the mount is answered by our own handlers: never on the trio thread.
+        dev = (await trio.to_thread.run_sync(os.stat, mountpoint)).st_dev
+        path = f"/sys/class/bdi/{os.major(dev)}:{os.minor(dev)}/read_ahead_kb"
+        await trio.to_thread.run_sync(_write_text, path, str(READ_AHEAD_KB))
+    except OSError as exc:
+        log.debug("keeping the default read-ahead on %s: %s", mountpoint, exc)
+
+
+def _write_text(path: str, text: str) -> None:
+    with open(path, "w", encoding="ascii") as f:
+        f.write(text)
 
 
 async def _committer(loop: DatumLoop, done: trio.Event) -> None:
