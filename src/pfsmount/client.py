@@ -43,11 +43,15 @@ import traceback
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import ParamSpec
+from typing import Any, ParamSpec
 
-import grpc
-
-from pfsmount.protocol import PFSMOUNT_NEXT_DATUM, NextDatumRequest, NextDatumResponse
+from pfsmount.wire import (
+    LOCAL_SOCKET_ENV,
+    LocalCallError,
+    LocalWorker,
+    NextDatumRequest,
+    NextDatumResponse,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -74,13 +78,32 @@ class _Session:
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.port: int | None = None
-        self.channel: grpc.Channel | None = None
-        self.call: grpc.UnaryUnaryMultiCallable | None = None
+        self.channel: Any = None
+        self.call: Any = None
+        self.local: LocalWorker | None = None
         self.pending_error = ""
         self.has_datum = False
         self.applied_keys: frozenset[str] = frozenset()
 
-    def stub(self) -> tuple[int, grpc.UnaryUnaryMultiCallable]:
+    def next_datum(self, error: str) -> NextDatumResponse:
+        """One call, over pfsmount's local socket when it offers one, else over gRPC."""
+        path = os.environ.get(LOCAL_SOCKET_ENV)
+        if path:
+            if self.local is None or self.local.path != path:
+                self.local = LocalWorker(path)
+            try:
+                return self.local.next_datum(error)
+            except LocalCallError as exc:
+                raise ClientError(f"NextDatum failed: {exc}; is `pfsmount run` still "
+                                  "running?") from None
+        return self._grpc_next_datum(error)
+
+    def _grpc_next_datum(self, error: str) -> NextDatumResponse:
+        # grpc is imported only when needed: it doubles a short program's start-up time.
+        import grpc
+
+        from pfsmount.protocol import PFSMOUNT_NEXT_DATUM
+
         port = worker_port()
         if self.call is None or port != self.port:
             if self.channel is not None:
@@ -92,8 +115,10 @@ class _Session:
                 request_serializer=NextDatumRequest.encode,
                 response_deserializer=NextDatumResponse.decode,
             )
-        assert self.call is not None
-        return port, self.call
+        try:
+            return self.call(NextDatumRequest(error=error))
+        except grpc.RpcError as exc:
+            raise ClientError(_describe(exc, port)) from None
 
 
 _session = _Session()
@@ -124,12 +149,7 @@ def next_datum(error: str = "") -> Datum | None:
     call only says "ready". There is no deadline: setting up a datum may take long.
     """
     with _session.lock:
-        port, call = _session.stub()
-        request = NextDatumRequest(error=error or _session.pending_error)
-        try:
-            response: NextDatumResponse = call(request)
-        except grpc.RpcError as exc:
-            raise ClientError(_describe(exc, port)) from None
+        response = _session.next_datum(error or _session.pending_error)
         _session.pending_error = ""
         _session.has_datum = not response.done
     if response.done:
@@ -221,7 +241,9 @@ def _parse_env(items: tuple[str, ...]) -> dict[str, str]:
     return env
 
 
-def _describe(exc: grpc.RpcError, port: int) -> str:
+def _describe(exc: Any, port: int) -> str:
+    import grpc
+
     where = f"pfsmount worker at 127.0.0.1:{port} ({PORT_ENV})"
     code = exc.code() if isinstance(exc, grpc.Call) else None
     details = exc.details() if isinstance(exc, grpc.Call) else str(exc)

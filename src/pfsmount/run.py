@@ -33,11 +33,13 @@ from pfsmount.datums import Datum, datum_hash
 from pfsmount.fs import PfsOperations
 from pfsmount.joblog import JobLog
 from pfsmount.ledger import Ledger, LedgerError
+from pfsmount.local import serve_local
 from pfsmount.output import OutputRepo, work_dir
 from pfsmount.protocol import WorkerServer
 from pfsmount.spec import PipelineSpec
 from pfsmount.store.local import RepoIndex
 from pfsmount.supervisor import Supervisor, fmt_seconds
+from pfsmount.wire import LOCAL_SOCKET_ENV
 from pfsmount.worker import Bridge, DatumLoop, DatumRecord, DatumState
 
 log = logging.getLogger(__name__)
@@ -361,6 +363,7 @@ async def _serve(
     except OSError as exc:
         raise RunError(str(exc)) from None
     env = user_env(spec, port, bin_dir)
+    env[LOCAL_SOCKET_ENV] = os.path.join(bin_dir, "worker.sock")
     sup = Supervisor(loop, spec, console, joblog, env, workdir=opts.workdir,
                      stop_grace=opts.stop_grace, exit_grace=opts.exit_grace, problems=problems)
     console.start_progress(len(loop.records))
@@ -369,6 +372,7 @@ async def _serve(
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_watch_signals, nursery.cancel_scope, interrupted)
+            await nursery.start(serve_local, env[LOCAL_SOCKET_ENV], loop)
             with trio.move_on_after(spec.job_timeout or math.inf) as job_scope:
                 outcome = await sup.run()
             if job_scope.cancelled_caught:

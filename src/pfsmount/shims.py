@@ -1,9 +1,9 @@
 """Command-line clients for shell user code: ``pfsmount next-datum`` and ``pachctl next datum``.
 
 Shell loops run one of these per datum (``while pachctl next datum; do ...; done``), so they
-import as little as possible: grpc and pfsmount's wire codec, nothing that pulls in trio,
-pyfuse3 or yaml. Like Pachyderm's, they print nothing on success: shell code reads the datum's
-env from ``/pfs/.env``.
+import as little as possible: pfsmount's wire codec (grpc only when pfsmount's local socket is
+not offered), nothing that pulls in trio, pyfuse3 or yaml. Like Pachyderm's, they print
+nothing on success: shell code reads the datum's env from ``/pfs/.env``.
 """
 
 from __future__ import annotations
@@ -13,12 +13,17 @@ import os
 import socket
 import sys
 import time
-from typing import NoReturn
-
-import grpc
+from typing import Any, NoReturn
 
 from pfsmount import __version__
-from pfsmount.protocol import PACHYDERM_NEXT_DATUM, NextDatumRequest, NextDatumResponse
+from pfsmount.wire import (
+    ASK_PACHYDERM,
+    LOCAL_SOCKET_ENV,
+    LocalCallError,
+    LocalWorker,
+    NextDatumRequest,
+    NextDatumResponse,
+)
 
 PORT_ENV = "PPS_WORKER_GRPC_PORT"
 
@@ -126,7 +131,25 @@ def _parse_pachctl(argv: list[str]) -> tuple[list[str], str]:
 
 
 def _pachyderm_next_datum(error: str) -> None:
-    """Call Pachyderm's NextDatum the way pachctl does: 127.0.0.1, 5 s dial, no deadline."""
+    """Call Pachyderm's NextDatum the way pachctl does: 127.0.0.1, 5 s dial, no deadline.
+
+    Under `pfsmount run` the same call goes over pfsmount's local socket instead, with the
+    same meaning (no answer after the last datum); it saves the shell loop grpc's start-up.
+    """
+    path = os.environ.get(LOCAL_SOCKET_ENV)
+    if path:
+        worker = LocalWorker(path)
+        try:
+            worker.next_datum(error, kind=ASK_PACHYDERM)
+        except LocalCallError as exc:
+            raise _ShimError(f"NextDatum failed: {exc}") from None
+        finally:
+            worker.close()
+        return
+    import grpc
+
+    from pfsmount.protocol import PACHYDERM_NEXT_DATUM
+
     port = _worker_port()
     address = f"127.0.0.1:{port}"
     _wait_until_listening(port, PACHCTL_CONNECT_TIMEOUT)
@@ -173,7 +196,9 @@ def _worker_port() -> int:
     return int(raw)
 
 
-def _rpc_details(exc: grpc.RpcError) -> str:
+def _rpc_details(exc: Any) -> str:
+    import grpc
+
     if isinstance(exc, grpc.Call):
         return f"{exc.code().name}: {exc.details()}"
     return str(exc)
