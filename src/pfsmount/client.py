@@ -227,7 +227,11 @@ def apply_env(env: Mapping[str, str]) -> None:
         _session.applied_keys = frozenset(env)
     for key in stale:
         os.environ.pop(key, None)
-    os.environ.update(env)
+    environ = os.environ
+    for key, value in env.items():
+        # Most of a datum's env is the unchanged process env; each assignment is a putenv.
+        if environ.get(key) != value:
+            environ[key] = value
 
 
 def _parse_env(items: tuple[str, ...]) -> dict[str, str]:
