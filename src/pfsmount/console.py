@@ -14,6 +14,7 @@ import time
 from typing import TextIO
 
 PLAIN_PROGRESS_EVERY = 5.0  # seconds between progress lines when not on a terminal
+TTY_REDRAW_EVERY = 0.1  # seconds between redraws of the progress line on a terminal
 
 
 def _fmt_duration(seconds: float) -> str:
@@ -36,6 +37,7 @@ class Console:
         self._total = 0
         self._start = 0.0
         self._last_plain = 0.0
+        self._last_draw = 0.0
 
     # ----- messages -------------------------------------------------------------------
 
@@ -81,6 +83,11 @@ class Console:
             + (f"  ETA {_fmt_duration(eta)}" if eta is not None and done < self._total else "")
         )
         if self.tty:
+            now = time.monotonic()
+            # A redraw per datum would cost a terminal write on every NextDatum.
+            if now - self._last_draw < TTY_REDRAW_EVERY and done not in (0, self._total):
+                return
+            self._last_draw = now
             width = 24
             filled = int(width * done / self._total) if self._total else width
             self._bar = f"[{'#' * filled}{'.' * (width - filled)}] {text}"
