@@ -10,6 +10,7 @@ mean one file of one datum.
 from __future__ import annotations
 
 import stat
+import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -21,15 +22,21 @@ ENV_MODE = stat.S_IFREG | 0o444
 
 
 class InodeAllocator:
-    """Hands out inode numbers that are never reused during a mount."""
+    """Hands out inode numbers that are never reused during a mount.
+
+    Views are built in worker threads while FUSE handlers on the trio thread number new
+    /pfs/out entries, so taking a range is guarded by a lock.
+    """
 
     def __init__(self, first: int = 2) -> None:
         self._next = first
+        self._lock = threading.Lock()
 
     def take(self, n: int = 1) -> int:
         """Reserve `n` consecutive inode numbers and return the first."""
-        base = self._next
-        self._next += n
+        with self._lock:
+            base = self._next
+            self._next += n
         return base
 
 
