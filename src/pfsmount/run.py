@@ -315,6 +315,7 @@ async def _locked_job(
         async with trio.open_nursery() as fs_nursery:
             fs_nursery.start_soon(pyfuse3.main)
             fs_nursery.start_soon(_committer, loop, serving)
+            loop.start_prefetching(fs_nursery)
             fs_nursery.start_soon(_tune_read_ahead, opts.mountpoint)
             try:
                 write_shims(bin_dir)

@@ -20,7 +20,7 @@ import logging
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import trio
 
@@ -61,6 +61,25 @@ class DatumRecord:
     started: float = 0.0
     seconds: float = 0.0
     output_files: int = 0
+
+
+@dataclass
+class _Prepared:
+    """A datum's view, staging and env, ready to be shown."""
+
+    record: DatumRecord
+    view: View
+    out: OutTree
+    env: list[tuple[str, str]]
+
+
+@dataclass
+class _Prefetch:
+    """The next datum being prepared in the background."""
+
+    record: DatumRecord
+    done: trio.Event = field(default_factory=trio.Event)
+    prepared: _Prepared | None = None
 
 
 @dataclass
@@ -141,6 +160,8 @@ class DatumLoop:
         self._lock = trio.Lock()
         self._pending = collections.deque(self.records)
         self._current: _Current | None = None
+        self._nursery: trio.Nursery | None = None
+        self._prefetch: _Prefetch | None = None
         self._closed = False
         self._paused = False
         self._generation = 0
@@ -268,28 +289,59 @@ class DatumLoop:
         env = await self._present(record)
         return Reply(env=tuple(f"{k}={v}" for k, v in env), datum_id=record.datum.id)
 
-    async def _present(self, record: DatumRecord) -> list[tuple[str, str]]:
+    def _prepare(self, record: DatumRecord) -> _Prepared:
+        """Everything a datum needs before it can be shown (blocking: runs in a thread)."""
         env = datum_env(record.datum, self._base_env, self._output.job_id, self._mountpoint)
         datum_keys = frozenset(k for k, _ in env if k not in self._base_env)
+        view = build_view(record.datum, self._repos, env_file(env, datum_keys), self._fs.inodes)
+        out = OutTree(self._output.new_staging(), self._fs.inodes)
+        return _Prepared(record, view, out, env)
 
-        def prepare() -> tuple[View, OutTree]:
-            view = build_view(record.datum, self._repos, env_file(env, datum_keys),
-                              self._fs.inodes)
-            out = OutTree(self._output.new_staging(), self._fs.inodes)
-            return view, out
+    def start_prefetching(self, nursery: trio.Nursery) -> None:
+        """Prepare each next datum in the background while the current one runs."""
+        self._nursery = nursery
 
-        # Building a large view must not stall the file system: it runs in a thread,
-        # and only the swap itself happens on the trio thread.
-        view, out = await trio.to_thread.run_sync(prepare)
+    def _prefetch_next(self) -> None:
+        if self._nursery is None or not self._pending:
+            return
+        slot = _Prefetch(self._pending[0])
+        self._prefetch = slot
+
+        async def run() -> None:
+            try:
+                slot.prepared = await trio.to_thread.run_sync(self._prepare, slot.record)
+            except OSError as exc:
+                log.debug("preparing datum %s ahead failed: %s", slot.record.datum.id[:12], exc)
+            finally:
+                slot.done.set()
+
+        self._nursery.start_soon(run)
+
+    async def _take_prepared(self, record: DatumRecord) -> _Prepared:
+        slot, self._prefetch = self._prefetch, None
+        if slot is not None:
+            await slot.done.wait()
+            if slot.prepared is not None and slot.record is record:
+                return slot.prepared
+            if slot.prepared is not None:
+                # A retry jumped the queue: the datum prepared ahead is not the next one.
+                await trio.to_thread.run_sync(self._output.discard, slot.prepared.out.staging)
+        return await trio.to_thread.run_sync(self._prepare, record)
+
+    async def _present(self, record: DatumRecord) -> list[tuple[str, str]]:
+        # Building a large view must not stall the file system: it runs in a thread (ahead
+        # of time when prefetching), and only the swap itself happens on the trio thread.
+        prepared = await self._take_prepared(record)
         self._set_state(record, DatumState.RUNNING)
         record.attempts += 1
         record.started = time.monotonic()
-        self._current = _Current(record, view, out, env)
-        self._fs.show(view, out)
+        self._current = _Current(record, prepared.view, prepared.out, prepared.env)
+        self._fs.show(prepared.view, prepared.out)
         self.deadline = (trio.current_time() + self._datum_timeout
                          if self._datum_timeout else None)
         self._signal_change()
-        return env
+        self._prefetch_next()
+        return prepared.env
 
     def _show_nothing(self) -> None:
         self._fs.show(empty_view(self._fs.inodes), None)
