@@ -7,7 +7,6 @@ import ctypes.util
 import os
 
 AT_FDCWD = -100
-RENAME_NOREPLACE = 1
 RENAME_EXCHANGE = 2
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TextIO
 
@@ -56,8 +56,3 @@ def read_lines(data_dir: str, pipeline: str, job_id: str) -> Iterator[LogLine]:
         for raw in f:
             r = json.loads(raw)
             yield LogLine(r["t"], r["datum"], r["attempt"], r["source"], r["stream"], r["text"])
-
-
-def select(lines: Sequence[LogLine] | Iterator[LogLine], datums: set[str] | None) -> list[LogLine]:
-    """The lines of the given datums (None: all lines)."""
-    return [ln for ln in lines if datums is None or ln.datum in datums]

@@ -78,7 +78,6 @@ class JobReport:
     skipped: int = 0  # unchanged since they were processed
     resumed: int = 0  # finished before the interruption this run resumed
     restarts: int = 0  # times the user code was started again after dying
-    log_path: str = ""
     input_bytes: int = 0  # read from the repos through /pfs: what laziness saved shows here
     input_files: int = 0
 
@@ -335,7 +334,7 @@ async def _locked_job(
         job_id=plan.job_id, records=loop.records, seconds=time.monotonic() - started,
         output_dir=output.repo_dir, outcome=outcome, problems=problems,
         input_bytes=fs.stats.bytes_read, input_files=fs.stats.content_opens,
-        restarts=restarts, log_path=joblog.lines_path, skipped=plan.skipped,
+        restarts=restarts, skipped=plan.skipped,
         resumed=plan.resumed,
     )
     if report.count(DatumState.FAILED) and outcome == "success":
