@@ -169,7 +169,7 @@ def report_error(error: BaseException | str) -> None:
         if not _session.has_datum:
             raise ClientError(
                 "no datum is current, so there is nothing to fail: call report_error() "
-                "between next_datum() and the next call, or inside a iter_datums() loop"
+                "between next_datum() and the next call, or inside an iter_datums() loop"
             )
         _session.pending_error = message
 
