@@ -107,6 +107,7 @@ class PfsOperations(pyfuse3.Operations):
         self._next_fh = 1
         self._uid = os.getuid()
         self._gid = os.getgid()
+        self.mounted = False  # set once pyfuse3.init() has mounted us
         self._add_view(self._current)
 
     # ----- swapping -------------------------------------------------------------------
@@ -114,6 +115,7 @@ class PfsOperations(pyfuse3.Operations):
     def show(self, view: View, out: OutTree | None) -> None:
         """Make /pfs present `view` and `out` from the next request on."""
         old = self._current
+        stale = list(old.top) + ([OUT] if self._out is not None else [])
         self._add_view(view)
         if out is not None:
             self._live.outs.append(out)
@@ -122,6 +124,12 @@ class PfsOperations(pyfuse3.Operations):
         old.retired = True
         self._reap_view(old)
         self._reap_outs()
+        if self.mounted:
+            # Not needed for correctness (root names are never cached), but a dentry the
+            # kernel still holds for an old name costs two LOOKUPs on the next walk (the stale
+            # one, then the real one). Dropped in pyfuse3's notify thread, never waited for.
+            for name in stale:
+                pyfuse3.invalidate_entry_async(ROOT, name, ignore_enoent=True)
 
     @property
     def live_views(self) -> int:

@@ -301,6 +301,7 @@ async def _locked_job(
     )
     try:
         pyfuse3.init(fs, opts.mountpoint, mount_options())
+        fs.mounted = True
     except RuntimeError as exc:
         shutil.rmtree(bin_dir, ignore_errors=True)
         ledger.end_job(plan.job_id, "failed", f"cannot mount: {exc}")
