@@ -131,6 +131,18 @@ class PfsOperations(pyfuse3.Operations):
             for name in stale:
                 pyfuse3.invalidate_entry_async(ROOT, name, ignore_enoent=True)
 
+    def invalidate_root_attributes(self) -> None:
+        """Make the kernel forget the root's cached attributes (blocking: call from a thread).
+
+        Attribute-only invalidation touches no page cache and takes no inode lock, so it
+        cannot wait on a FUSE request.
+        """
+        if self.mounted:
+            try:
+                pyfuse3.invalidate_inode(ROOT, attr_only=True)
+            except OSError as exc:
+                log.debug("could not invalidate the root's attributes: %s", exc)
+
     @property
     def live_views(self) -> int:
         return len(self._live.views)
@@ -190,7 +202,10 @@ class PfsOperations(pyfuse3.Operations):
         a.st_nlink = 2 + len(self._current.top) + (1 if self._out else 0)
         a.st_uid, a.st_gid = self._uid, self._gid
         a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = self._root_mtime
-        a.attr_timeout = 0
+        # Cached, and dropped at each swap (invalidate_root_attributes): default_permissions
+        # would otherwise GETATTR the root on every path walk. The root's attributes say
+        # nothing about which datum is shown, so a moment of staleness is harmless.
+        a.attr_timeout = VIEW_TIMEOUT
         a.entry_timeout = 0
         return a
 
