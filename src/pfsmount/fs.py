@@ -199,12 +199,16 @@ class PfsOperations(pyfuse3.Operations):
         a = pyfuse3.EntryAttributes()
         a.st_ino = ROOT
         a.st_mode = DIR_MODE | 0o200 if self._out else DIR_MODE
-        a.st_nlink = 2 + len(self._current.top) + (1 if self._out else 0)
+        # 1 = "not counted" (as btrfs does): the count changes at swaps while the kernel
+        # may briefly hold the old attributes, and a stale count would mislead find's
+        # leaf optimisation into skipping a directory.
+        a.st_nlink = 1
         a.st_uid, a.st_gid = self._uid, self._gid
         a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = self._root_mtime
         # Cached, and dropped at each swap (invalidate_root_attributes): default_permissions
         # would otherwise GETATTR the root on every path walk. The root's attributes say
-        # nothing about which datum is shown, so a moment of staleness is harmless.
+        # nothing about which datum is shown (its link count is constant, see above), so
+        # staleness after a swap costs nothing but an old mtime.
         a.attr_timeout = VIEW_TIMEOUT
         a.entry_timeout = 0
         return a
