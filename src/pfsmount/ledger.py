@@ -188,11 +188,19 @@ class Ledger:
 
     def record_datums(self, job_id: str, rows: Sequence[tuple[str, str, str, str]]) -> None:
         """Register the job's datums: (datum id, hash, inputs json, state)."""
-        self._transaction([(
-            "INSERT INTO job_datums (job_id, datum_id, hash, inputs, state) VALUES (?, ?, ?, ?, ?) "
-            "ON CONFLICT(job_id, datum_id) DO NOTHING",
-            (job_id, *row),
-        ) for row in rows])
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                # One executemany: 100,000 rows in a fraction of the time of single inserts.
+                self._db.executemany(
+                    "INSERT INTO job_datums (job_id, datum_id, hash, inputs, state) "
+                    "VALUES (?, ?, ?, ?, ?) ON CONFLICT(job_id, datum_id) DO NOTHING",
+                    ((job_id, *row) for row in rows))
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise LedgerError(_describe(exc, self.path)) from None
 
     def owners(self, paths: Sequence[str], *, below: bool) -> dict[str, str]:
         """For each path that collides with an output file: the datum owning that file.
@@ -232,9 +240,10 @@ class Ledger:
         for e in endings:
             stmts += [
                 ("UPDATE job_datums SET state = ?, attempts = ?, seconds = ?, error = ?, "
-                 "outputs = ?, ended = ? WHERE job_id = ? AND datum_id = ?",
+                 "outputs = ?, ended = ?, hash = ? WHERE job_id = ? AND datum_id = ?",
                  (e.state, e.attempts, e.seconds, e.error,
-                  sum(1 for i in e.intents if i.op == "add"), now, job_id, e.datum_id)),
+                  sum(1 for i in e.intents if i.op == "add"), now, e.datum_hash, job_id,
+                  e.datum_id)),
                 ("INSERT INTO datums (datum_id, hash, state, job_id) VALUES (?, ?, ?, ?) "
                  "ON CONFLICT(datum_id) DO UPDATE SET hash = excluded.hash, "
                  "state = excluded.state, job_id = excluded.job_id",

@@ -26,7 +26,7 @@ import os
 import shutil
 import signal
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import pyfuse3
@@ -72,7 +72,7 @@ class OutputRepo:
     pipeline: str
     ledger: Ledger
     job_id: str = ""
-    hashes: Mapping[str, str] | None = None  # datum id -> datum hash, for the ledger
+    hasher: Callable[[str], str] | None = None  # datum id -> its hash, for the ledger
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -221,7 +221,7 @@ class OutputRepo:
     # ----- internals ------------------------------------------------------------------
 
     def _hash(self, datum_id: str) -> str:
-        return (self.hashes or {}).get(datum_id, "")
+        return self.hasher(datum_id) if self.hasher is not None else ""
 
     def _check_conflicts(self, datum_id: str, files: Sequence[str], dirs: Sequence[str]) -> None:
         for path in files:

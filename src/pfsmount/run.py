@@ -192,7 +192,6 @@ class Plan:
     skipped: int  # unchanged and processed before
     resumed: int  # already finished in the interrupted job this run continues
     resuming: bool
-    hashes: dict[str, str]
 
 
 def lock_pipeline(work: str, pipeline: str) -> int:
@@ -222,29 +221,32 @@ def plan_job(spec: PipelineSpec, repos: Mapping[str, RepoIndex], datums: Sequenc
     gone = output.forget_missing({d.id for d in datums})
     if gone:
         log.info("removed the outputs of %d datum(s) that no longer exist", gone)
-    hashes = {d.id: datum_hash(d, repos, spec.salt) for d in datums}
     interrupted = ledger.interrupted_job()
     job_id = interrupted["job_id"] if interrupted else uuid.uuid4().hex
     finished = ledger.done_in_job(job_id) if interrupted else {}
     processed = ledger.processed_hashes() if spec.reprocess_spec != "every_job" else {}
+    # Only a datum processed before can be skipped, so only those are hashed up front; the
+    # others are hashed when they end (a first run of 100,000 datums hashes nothing here).
+    hashes = {d.id: datum_hash(d, repos, spec.salt) for d in datums if d.id in processed}
     to_run: list[Datum] = []
     rows = []
     skipped = 0
     for d in datums:
-        inputs = json.dumps([{"name": i.name, "repo": i.repo, "path": i.path} for i in d.inputs])
         if d.id in finished:
             continue
-        if processed.get(d.id) == hashes[d.id]:
+        inputs = json.dumps([{"name": i.name, "repo": i.repo, "path": i.path} for i in d.inputs])
+        known = hashes.get(d.id, "")
+        if known and processed.get(d.id) == known:
             skipped += 1
-            rows.append((d.id, hashes[d.id], inputs, "skipped"))
+            rows.append((d.id, known, inputs, "skipped"))
         else:
             to_run.append(d)
-            rows.append((d.id, hashes[d.id], inputs, "pending"))
+            rows.append((d.id, known, inputs, "pending"))
     ledger.start_job(job_id, spec.name, spec_hash, spec.salt, len(datums))
     ledger.record_datums(job_id, rows)
     skipped += sum(1 for state in finished.values() if state == "skipped")
     resumed = sum(1 for state in finished.values() if state != "skipped")
-    return Plan(job_id, to_run, skipped, resumed, interrupted is not None, hashes)
+    return Plan(job_id, to_run, skipped, resumed, interrupted is not None)
 
 
 async def run_job(
@@ -280,7 +282,9 @@ async def _locked_job(
             plan_job, spec, repos, datums, output, ledger, spec_hash)
     except LedgerError as exc:
         raise RunError(str(exc)) from None
-    output.job_id, output.hashes = plan.job_id, plan.hashes
+    by_id = {d.id: d for d in datums}
+    output.job_id = plan.job_id
+    output.hasher = lambda datum_id: datum_hash(by_id[datum_id], repos, spec.salt)
     if plan.resuming:
         console.info(f"resuming interrupted job {plan.job_id[:12]}: {plan.resumed} datums "
                      "already finished")
