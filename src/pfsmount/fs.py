@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 import pyfuse3
 
 from pfsmount import _linux
+from pfsmount.notify import KernelNotifier
 from pfsmount.outdir import OutTree
 from pfsmount.view import DIR_MODE, InodeAllocator, Node, View, empty_view
 
@@ -107,7 +108,7 @@ class PfsOperations(pyfuse3.Operations):
         self._next_fh = 1
         self._uid = os.getuid()
         self._gid = os.getgid()
-        self.mounted = False  # set once pyfuse3.init() has mounted us
+        self.notifier: KernelNotifier | None = None  # set once pyfuse3.init() has mounted us
         self._add_view(self._current)
 
     # ----- swapping -------------------------------------------------------------------
@@ -124,24 +125,14 @@ class PfsOperations(pyfuse3.Operations):
         old.retired = True
         self._reap_view(old)
         self._reap_outs()
-        if self.mounted:
+        if self.notifier is not None:
             # Not needed for correctness (root names are never cached), but a dentry the
             # kernel still holds for an old name costs two LOOKUPs on the next walk (the stale
-            # one, then the real one). Dropped in pyfuse3's notify thread, never waited for.
+            # one, then the real one). The root's attributes are cached and its mtime
+            # changes here; until the drop lands, a stat may show the old mtime, no more.
             for name in stale:
-                pyfuse3.invalidate_entry_async(ROOT, name, ignore_enoent=True)
-
-    def invalidate_root_attributes(self) -> None:
-        """Make the kernel forget the root's cached attributes (blocking: call from a thread).
-
-        Attribute-only invalidation touches no page cache and takes no inode lock, so it
-        cannot wait on a FUSE request.
-        """
-        if self.mounted:
-            try:
-                pyfuse3.invalidate_inode(ROOT, attr_only=True)
-            except OSError as exc:
-                log.debug("could not invalidate the root's attributes: %s", exc)
+                self.notifier.drop_name(ROOT, name)
+            self.notifier.drop_attributes(ROOT)
 
     @property
     def live_views(self) -> int:
@@ -205,7 +196,7 @@ class PfsOperations(pyfuse3.Operations):
         a.st_nlink = 1
         a.st_uid, a.st_gid = self._uid, self._gid
         a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = self._root_mtime
-        # Cached, and dropped at each swap (invalidate_root_attributes): default_permissions
+        # Cached, and dropped at each swap (`show`): default_permissions
         # would otherwise GETATTR the root on every path walk. The root's attributes say
         # nothing about which datum is shown (its link count is constant, see above), so
         # staleness after a swap costs nothing but an old mtime.

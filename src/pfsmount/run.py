@@ -34,6 +34,7 @@ from pfsmount.fs import PfsOperations
 from pfsmount.joblog import JobLog
 from pfsmount.ledger import Ledger, LedgerError
 from pfsmount.local import serve_local
+from pfsmount.notify import KernelNotifier
 from pfsmount.output import OutputRepo, work_dir
 from pfsmount.protocol import WorkerServer
 from pfsmount.spec import PipelineSpec
@@ -92,6 +93,10 @@ def prepare_mountpoint(path: str) -> None:
     """Create the mountpoint, or explain why it cannot be used."""
     try:
         st = os.stat(path)
+        if os.path.ismount(path):
+            # A dead FUSE mount still answers stat from the kernel's attribute cache;
+            # statfs always asks the file system, so it tells a dead one from a live one.
+            os.statvfs(path)
     except FileNotFoundError:
         os.makedirs(path, exist_ok=True)
         return
@@ -305,7 +310,7 @@ async def _locked_job(
     )
     try:
         pyfuse3.init(fs, opts.mountpoint, mount_options())
-        fs.mounted = True
+        fs.notifier = notifier = KernelNotifier()
     except RuntimeError as exc:
         shutil.rmtree(bin_dir, ignore_errors=True)
         ledger.end_job(plan.job_id, "failed", f"cannot mount: {exc}")
@@ -330,6 +335,7 @@ async def _locked_job(
                     serving.set()
                     # Datums that finished are kept, even when the job was interrupted.
                     await loop.flush()
+                    await trio.to_thread.run_sync(notifier.close)
                     pyfuse3.terminate()
     finally:
         pyfuse3.close(unmount=True)

@@ -336,21 +336,15 @@ class DatumLoop:
         record.attempts += 1
         record.started = time.monotonic()
         self._current = _Current(record, prepared.view, prepared.out, prepared.env)
-        self._swap(prepared.view, prepared.out)
+        self._fs.show(prepared.view, prepared.out)
         self.deadline = (trio.current_time() + self._datum_timeout
                          if self._datum_timeout else None)
         self._signal_change()
         self._prefetch_next()
         return prepared.env
 
-    def _swap(self, view: View, out: OutTree | None) -> None:
-        self._fs.show(view, out)
-        if self._nursery is not None:
-            # Not awaited: until it lands the kernel may show the root's old mtime, no more.
-            self._nursery.start_soon(trio.to_thread.run_sync, self._fs.invalidate_root_attributes)
-
     def _show_nothing(self) -> None:
-        self._swap(empty_view(self._fs.inodes), None)
+        self._fs.show(empty_view(self._fs.inodes), None)
         self.deadline = None
         self._signal_change()
 

@@ -1,0 +1,67 @@
+"""Tells the kernel to drop what it cached about /pfs's root, from a thread of its own.
+
+A notification is a write to /dev/fuse that the kernel handles on the spot, and may wait for
+an inode lock held by a request that only the trio thread can answer: sent from the trio
+thread, it could deadlock the mount. pyfuse3's own asynchronous variant cannot be stopped, so
+its queue could still be draining after the session closed (the kernel then answers EINVAL
+and pyfuse3 logs a traceback). This one is closed before the mount goes away.
+
+Notifications are advisory here: the root's names are never cached (entry timeout zero),
+so a lost one only costs an extra request, never a wrong answer.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+
+import pyfuse3
+
+log = logging.getLogger(__name__)
+
+_Item = tuple[int, bytes | None]  # (inode, name); no name = the inode's attributes
+
+
+class KernelNotifier:
+    """An ordered queue of cache invalidations, sent by one daemon thread."""
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[_Item | None] = queue.SimpleQueue()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="pfsmount-notify", daemon=True)
+        self._thread.start()
+
+    def drop_name(self, parent: int, name: bytes) -> None:
+        """Forget the dentry `name` in `parent` (a no-op if the kernel has none)."""
+        if not self._closed:
+            self._queue.put((parent, name))
+
+    def drop_attributes(self, inode: int) -> None:
+        """Forget `inode`'s cached attributes; its page cache is left alone."""
+        if not self._closed:
+            self._queue.put((inode, None))
+
+    def close(self) -> None:
+        """Discard what is still queued and wait for the thread (blocking: call from a
+        thread while the file system is still served, since a notification in flight may
+        wait for a request to be answered)."""
+        self._closed = True
+        self._queue.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            if self._closed:
+                continue  # the mount is going away: nothing left to keep coherent
+            inode, name = item
+            try:
+                if name is None:
+                    # Attribute-only: touches no page cache and takes no inode lock.
+                    pyfuse3.invalidate_inode(inode, attr_only=True)
+                else:
+                    pyfuse3.invalidate_entry(inode, name)
+            except FileNotFoundError:
+                pass  # the kernel held nothing for it
+            except OSError as exc:
+                log.debug("could not invalidate inode %d %r: %s", inode, name, exc)
