@@ -121,6 +121,7 @@ def _setup_logging(console: Console, *, verbose: bool) -> None:
 def _load(args: argparse.Namespace, console: Console):
     """Spec, repos and datums, or None after printing why not."""
     from pfsmount.datums import expand, open_repos
+    from pfsmount.memory import bulk_allocation
     from pfsmount.spec import SpecError, load_spec
     from pfsmount.store.local import StoreError
 
@@ -137,8 +138,9 @@ def _load(args: argparse.Namespace, console: Console):
                       "that holds one directory per repo, or set PFSMOUNT_DATA)")
         return None
     try:
-        repos = open_repos(spec.input, data_dir, source=spec.source)
-        datums = expand(spec.input, repos)
+        with bulk_allocation():
+            repos = open_repos(spec.input, data_dir, source=spec.source)
+            datums = expand(spec.input, repos)
     except (SpecError, StoreError) as exc:
         console.error(str(exc))
         return None

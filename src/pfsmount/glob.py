@@ -67,6 +67,10 @@ class Glob:
             return None
         return tuple(g or "" for g in m.groups())
 
+    def matches(self, path: str) -> bool:
+        """Whether `path` matches; `match` without building the groups."""
+        return (path != "/" or self.pattern == "/") and self._regex.fullmatch(path) is not None
+
 
 def compile_glob(pattern: str) -> Glob:
     """Compile a Pachyderm glob into a `Glob`; raise `GlobError` if it is malformed."""

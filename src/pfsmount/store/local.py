@@ -16,7 +16,7 @@ import re
 import stat
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 __all__ = ["Entry", "RepoIndex", "StoreError", "open_repo"]
 
@@ -31,9 +31,12 @@ class StoreError(Exception):
     """A repo that cannot be used; the message names the repo, the directory and the fix."""
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """One file, directory or symlink of a repo, as lstat saw it when the repo was listed."""
+class Entry(NamedTuple):
+    """One file, directory or symlink of a repo, as lstat saw it when the repo was listed.
+
+    A named tuple, not a dataclass: a listing makes one per file, and a tuple is built
+    several times faster than a frozen dataclass (100,000-file repos).
+    """
 
     path: str
     mode: int
@@ -120,11 +123,11 @@ class RepoIndex:
     @staticmethod
     def _digest(entries: Sequence[Entry], digest_size: int) -> str:
         h = hashlib.blake2b(digest_size=digest_size)
-        for e in entries:
-            name = _encode(e.path)
+        update, path_length, record = h.update, _PATH_LENGTH.pack, _ENTRY_RECORD.pack
+        for path, mode, size, mtime_ns in entries:
+            name = _encode(path)
             # Length-prefixing each path keeps two different listings from hashing alike.
-            h.update(b"".join((_PATH_LENGTH.pack(len(name)), name,
-                               _ENTRY_RECORD.pack(e.mode, e.size, e.mtime_ns))))
+            update(b"".join((path_length(len(name)), name, record(mode, size, mtime_ns))))
         return h.hexdigest()
 
 
@@ -169,36 +172,37 @@ def _walk(repo: str, root: str) -> list[Entry]:
     except OSError as exc:
         raise StoreError(f"repo {repo!r}: cannot stat {root}: {exc.strerror}") from None
     entries = [Entry("/", st.st_mode, st.st_size, st.st_mtime_ns)]
+    add = entries.append
     pending = [("", root)]
+    is_dir, is_reg, is_lnk = stat.S_ISDIR, stat.S_ISREG, stat.S_ISLNK
     while pending:
         prefix, directory = pending.pop()
-        for name, full, st in _scan(repo, directory):
-            mode = st.st_mode
-            path = f"{prefix}/{name}"
-            if stat.S_ISDIR(mode):
-                pending.append((path, full))
-            elif not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
-                log.warning("repo %s: skipping %s: not a regular file, directory or symlink",
-                            repo, full)
+        for item in _list_dir(repo, directory):
+            try:
+                st = item.stat(follow_symlinks=False)
+            except OSError as exc:
+                log.warning("repo %s: skipping %s: cannot stat it (%s)", repo, item.path,
+                            exc.strerror)
                 continue
-            entries.append(Entry(path, mode, st.st_size, st.st_mtime_ns))
+            mode = st.st_mode
+            path = prefix + "/" + item.name
+            if is_dir(mode):
+                pending.append((path, item.path))
+            elif not (is_reg(mode) or is_lnk(mode)):
+                log.warning("repo %s: skipping %s: not a regular file, directory or symlink",
+                            repo, item.path)
+                continue
+            add(Entry(path, mode, st.st_size, st.st_mtime_ns))
     return entries
 
 
-def _scan(repo: str, directory: str) -> list[tuple[str, str, os.stat_result]]:
+def _list_dir(repo: str, directory: str) -> list[os.DirEntry[str]]:
     try:
         with os.scandir(directory) as it:
-            listing = list(it)
+            return list(it)
     except OSError as exc:
         # Skipping an unreadable directory would silently drop data from the datums.
         raise StoreError(
             f"repo {repo!r}: cannot list {directory}: {exc.strerror} (fix its permissions, "
             "or move it out of the repo)"
         ) from None
-    result = []
-    for item in listing:
-        try:
-            result.append((item.name, item.path, item.stat(follow_symlinks=False)))
-        except OSError as exc:
-            log.warning("repo %s: skipping %s: cannot stat it (%s)", repo, item.path, exc.strerror)
-    return result
