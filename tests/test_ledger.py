@@ -147,8 +147,7 @@ def test_the_cli_shows_jobs_and_datum_states(tmp_path: Path, mnt: Path) -> None:
     p.run(expect=1)
 
     def cli(*args: str) -> str:
-        return subprocess.run([os.sys.executable, "-m", "pfsmount", *args, "--data",
-                               str(p.data)], capture_output=True, text=True, check=True).stdout
+        return _cli(p, *args)
 
     jobs = cli("list-jobs", str(p.spec)).splitlines()
     assert len(jobs) == 3 and jobs[0].startswith("JOB")
@@ -160,6 +159,25 @@ def test_the_cli_shows_jobs_and_datum_states(tmp_path: Path, mnt: Path) -> None:
     states = {line.split()[2]: line.split()[1] for line in
               cli("list-datums", str(p.spec), "--job", last[0]).splitlines()}
     assert states == {"in:/a": "skipped", "in:/b": "failed", "in:/c": "success"}
+
+
+def _cli(p: Pipeline, *args: str) -> str:
+    return subprocess.run([os.sys.executable, "-m", "pfsmount", *args, "--data", str(p.data)],
+                          capture_output=True, text=True, check=True).stdout
+
+
+def test_a_job_that_runs_nothing_still_lists_its_datums(tmp_path: Path, mnt: Path) -> None:
+    # A job's datums reach the ledger with its first group commit; with no datum to run,
+    # the end of the job is that commit.
+    p = Pipeline(tmp_path, mnt)
+    write_tree(p.data / "in", {"a": "alpha", "b": "bravo"})
+    p.run()
+    p.run()
+    last = _cli(p, "list-jobs", str(p.spec)).splitlines()[-1].split()
+    assert last[1] == "success"
+    states = {line.split()[2]: line.split()[1] for line in
+              _cli(p, "list-datums", str(p.spec), "--job", last[0]).splitlines()}
+    assert states == {"in:/a": "skipped", "in:/b": "skipped"}
 
 
 def test_a_second_run_of_the_same_pipeline_is_refused(tmp_path: Path, mnt: Path) -> None:

@@ -46,6 +46,9 @@ CREATE TABLE IF NOT EXISTS outputs (
     path TEXT PRIMARY KEY, datum_id TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS outputs_by_datum ON outputs (datum_id);
+-- Resuming a job asks which of its datums are done: without this, a scan of all of them.
+CREATE INDEX IF NOT EXISTS job_datums_done ON job_datums (job_id)
+    WHERE state IN ('success', 'failed', 'recovered', 'skipped');
 CREATE TABLE IF NOT EXISTS intents (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, datum_id TEXT NOT NULL, op TEXT NOT NULL,
     path TEXT NOT NULL, source TEXT NOT NULL DEFAULT ''
@@ -54,6 +57,7 @@ CREATE TABLE IF NOT EXISTS intents (
 
 RUNNING = "running"
 DONE_STATES = ("success", "failed", "recovered", "skipped")
+_DONE_SQL = ", ".join(f"'{state}'" for state in DONE_STATES)
 
 
 class LedgerError(Exception):
@@ -92,6 +96,9 @@ class Ledger:
             self._db.execute("PRAGMA journal_mode=WAL")
             # FULL: a commit that returned is on disk, which the redo log relies on.
             self._db.execute("PRAGMA synchronous=FULL")
+            # Up to 64 MiB of pages (default 2 MiB): registering 100,000 datums inserts into
+            # an index keyed by random ids, twice as fast when the index stays in memory.
+            self._db.execute("PRAGMA cache_size=-65536")
             self._db.executescript(SCHEMA)
         except sqlite3.DatabaseError as exc:
             raise LedgerError(f"ledger {path} cannot be opened: {exc} (if it is corrupt, move it "
@@ -172,10 +179,10 @@ class Ledger:
 
     def done_in_job(self, job_id: str) -> dict[str, str]:
         """Datums that reached a final state in `job_id`: id -> state."""
-        marks = ",".join("?" * len(DONE_STATES))
+        # The states are spelled out, not bound, so SQLite can use the partial index.
         return dict(self._query(
-            f"SELECT datum_id, state FROM job_datums WHERE job_id = ? AND state IN ({marks})",
-            (job_id, *DONE_STATES)))
+            f"SELECT datum_id, state FROM job_datums WHERE job_id = ? AND state IN ({_DONE_SQL})",
+            (job_id,)))
 
     # ----- datums ---------------------------------------------------------------------
 

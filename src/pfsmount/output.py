@@ -77,6 +77,7 @@ class OutputRepo:
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
         self._batch: list[_Ending] = []
+        self._unregistered: Sequence[tuple[str, str, str, str]] | None = None
         self._claims: dict[str, str] = {}  # output path -> queued datum that adds it
         self._releases: set[str] = set()  # output paths queued endings delete
         self.work = work_dir(self.data_dir, self.pipeline)
@@ -117,6 +118,17 @@ class OutputRepo:
         owned = self.ledger.all_outputs()
         files, _ = _scan(self.repo_dir)
         return [f for f in files if f not in owned]
+
+    def register_later(self, rows: Sequence[tuple[str, str, str, str]]) -> None:
+        """Register the job's datums (see `Ledger.record_datums`) with the first flush.
+
+        Inserting 100,000 rows is a third of a second that the first datum need not wait
+        for: nothing reads them before a datum ends, and every ending is committed by a
+        flush, which registers first. A crash before that resumes the job with no datum
+        done, which is the truth.
+        """
+        with self._lock:
+            self._unregistered = rows
 
     # ----- datum attempts ---------------------------------------------------------------
 
@@ -159,7 +171,7 @@ class OutputRepo:
 
     @property
     def pending(self) -> int:
-        return len(self._batch)
+        return len(self._batch) + (self._unregistered is not None)
 
     def flush(self) -> list[tuple[str, str]]:
         """Commit every queued ending (group commit); returns (datum id, error) of failures.
@@ -169,6 +181,14 @@ class OutputRepo:
         """
         with self._lock:
             batch, self._batch = self._batch, []
+            rows, self._unregistered = self._unregistered, None
+        if rows is not None:
+            try:
+                self.ledger.record_datums(self.job_id, rows)
+            except LedgerError as exc:
+                with self._lock:
+                    self._unregistered = rows  # tried again at the next flush
+                return self._fail(batch, f"could not register the job's datums: {exc}")
         if not batch:
             return []
         failures: list[tuple[str, str]] = []
@@ -179,15 +199,24 @@ class OutputRepo:
                 try:
                     self._commit([ending])
                 except _NotRecorded as exc:
-                    failures.append((ending.datum_id, f"could not commit its output: {exc}"))
-                    if ending.staging:
-                        self.discard(ending.staging)
+                    failures += self._fail([ending], str(exc))
+        self._unclaim(batch)
+        return failures
+
+    def _fail(self, endings: Sequence[_Ending], why: str) -> list[tuple[str, str]]:
+        """Give up on endings that could not be committed: their output is dropped."""
+        for ending in endings:
+            if ending.staging:
+                self.discard(ending.staging)
+        self._unclaim(endings)
+        return [(ending.datum_id, f"could not commit its output: {why}") for ending in endings]
+
+    def _unclaim(self, endings: Sequence[_Ending]) -> None:
         with self._lock:
-            for ending in batch:
+            for ending in endings:
                 for it in ending.intents:
                     self._claims.pop(it.path, None)
                     self._releases.discard(it.path)
-        return failures
 
     def _queue(self, ending: _Ending) -> None:
         self._batch.append(ending)
