@@ -209,30 +209,6 @@ class Ledger:
                     self._db.execute("ROLLBACK")
                 raise LedgerError(_describe(exc, self.path)) from None
 
-    def owners(self, paths: Sequence[str], *, below: bool) -> dict[str, str]:
-        """For each path that collides with an output file: the datum owning that file.
-
-        A path collides with a file at the same path or at one of its parents, and, when
-        `below`, with files under it (a directory of someone else's where we want a file).
-        """
-        found: dict[str, str] = {}
-        with self._lock:
-            for path in paths:
-                parts = path.split("/")
-                candidates = ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
-                marks = ",".join("?" * len(candidates))
-                row = self._db.execute(
-                    f"SELECT datum_id FROM outputs WHERE path IN ({marks}) LIMIT 1",
-                    candidates).fetchone()
-                if row is None and below:
-                    # '0' sorts right after '/', so this range is everything under path/.
-                    row = self._db.execute(
-                        "SELECT datum_id FROM outputs WHERE path > ? AND path < ? LIMIT 1",
-                        (path + "/", path + "0")).fetchone()
-                if row is not None:
-                    found[path] = row[0]
-        return found
-
     def outputs_of(self, datum_id: str) -> list[str]:
         return [r[0] for r in self._query(
             "SELECT path FROM outputs WHERE datum_id = ? ORDER BY path", (datum_id,))]

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import pyfuse3
 
 from pfsmount.ledger import DatumEnding, Intent, Ledger, LedgerError
+from pfsmount.ownership import OutputIndex
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,7 @@ class OutputRepo:
         self._lock = threading.Lock()
         self._batch: list[_Ending] = []
         self._unregistered: Sequence[tuple[str, str, str, str]] | None = None
+        self._index: OutputIndex | None = None  # loaded from the ledger when first needed
         self._claims: dict[str, str] = {}  # output path -> queued datum that adds it
         self._releases: set[str] = set()  # output paths queued endings delete
         self.work = work_dir(self.data_dir, self.pipeline)
@@ -111,13 +113,20 @@ class OutputRepo:
         intents = [Intent("del", path) for d in gone for path in self.ledger.outputs_of(d)]
         self.ledger.forget_datums(gone, intents)
         self._settle(intents)
+        self._index = None
         return len(gone)
+
+    def load_index(self) -> None:
+        """Read which datum owns each output file (blocking; done before the job starts)."""
+        with self._lock:
+            self._outputs()
 
     def untracked(self) -> list[str]:
         """Files in the output repo that no datum wrote (left alone, but worth a warning)."""
-        owned = self.ledger.all_outputs()
         files, _ = _scan(self.repo_dir)
-        return [f for f in files if f not in owned]
+        with self._lock:
+            owned = self._outputs()
+            return [f for f in files if f not in owned]
 
     def register_later(self, rows: Sequence[tuple[str, str, str, str]]) -> None:
         """Register the job's datums (see `Ledger.record_datums`) with the first flush.
@@ -143,19 +152,21 @@ class OutputRepo:
         """Drop an attempt's output."""
         shutil.rmtree(staging, ignore_errors=True)
 
-    def stage_success(self, datum_id: str, staging: str, *, attempts: int,
-                      seconds: float) -> int:
+    def stage_success(self, datum_id: str, staging: str, *, attempts: int, seconds: float,
+                      listing: tuple[list[str], list[str]] | None = None) -> int:
         """Queue a successful attempt's files as the datum's output; returns how many files.
 
         Raises OutputConflict, before queueing anything, if a path is already an output of
         another datum (committed or queued), or a file where another datum has a directory,
-        or the reverse. The output becomes durable at the next `flush`.
+        or the reverse. The output becomes durable at the next `flush`. `listing` is the
+        staging directory's (files, dirs) when the caller already has it (`small_listing`);
+        with it, nothing here blocks on I/O.
         """
-        files, dirs = _scan(staging)
+        files, dirs = listing if listing is not None else _scan(staging)
         with self._lock:
             self._check_conflicts(datum_id, files, dirs)
             mine = set(files)
-            intents = [Intent("del", p) for p in self.ledger.outputs_of(datum_id)
+            intents = [Intent("del", p) for p in self._outputs().outputs_of(datum_id)
                        if p not in mine]
             intents += [Intent("add", p, os.path.join(staging, p)) for p in files]
             self._queue(_Ending(datum_id, "success", attempts, seconds, "", intents, dirs,
@@ -166,7 +177,7 @@ class OutputRepo:
                       error: str) -> None:
         """Queue a FAILED or RECOVERED ending: the datum keeps no output."""
         with self._lock:
-            intents = [Intent("del", p) for p in self.ledger.outputs_of(datum_id)]
+            intents = [Intent("del", p) for p in self._outputs().outputs_of(datum_id)]
             self._queue(_Ending(datum_id, state, attempts, seconds, error, intents, [], None))
 
     @property
@@ -237,6 +248,14 @@ class OutputRepo:
         except (OSError, LedgerError) as exc:
             raise _NotRecorded(str(exc)) from None
         _crash_point("after-ledger")
+        with self._lock:
+            index = self._outputs()
+            for e in batch:
+                for it in e.intents:
+                    if it.op == "add":
+                        index.add(it.path, e.datum_id)
+                    else:
+                        index.remove(it.path)
         # From here on the ledger has promised these files: a failure is finished by
         # recover() at the next start, never rolled back.
         for e in batch:
@@ -248,6 +267,12 @@ class OutputRepo:
                 shutil.rmtree(e.staging, ignore_errors=True)
 
     # ----- internals ------------------------------------------------------------------
+
+    def _outputs(self) -> OutputIndex:
+        # Callers hold self._lock.
+        if self._index is None:
+            self._index = OutputIndex(self.ledger.all_outputs())
+        return self._index
 
     def _hash(self, datum_id: str) -> str:
         return self.hasher(datum_id) if self.hasher is not None else ""
@@ -279,7 +304,7 @@ class OutputRepo:
             for claimed, claimant in self._claims.items():
                 if claimed.startswith(prefix):
                     return claimant
-        owner = self.ledger.owners([path], below=below).get(path)
+        owner = self._outputs().owner(path, below=below)
         if owner is not None and path in self._releases:
             return None  # its owner's queued ending deletes it
         return owner
@@ -315,6 +340,22 @@ def _crash_point(name: str) -> None:
     """Die here, as a power cut would, when a crash test asks for it (PFSMOUNT_CRASH_AT)."""
     if os.environ.get("PFSMOUNT_CRASH_AT") == name:
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def small_listing(staging: str, limit: int = 64) -> tuple[list[str], list[str]] | None:
+    """The (files, dirs) of a flat staging directory of at most `limit` entries, else None.
+
+    Cheap enough for the trio thread (one short getdents, no stat: d_type says what is a
+    directory); a bigger or nested output is listed by `_scan` in a worker thread.
+    """
+    files: list[str] = []
+    with os.scandir(staging) as it:
+        for entry in it:
+            if len(files) == limit or entry.is_dir(follow_symlinks=False):
+                return None
+            files.append(entry.name)
+    files.sort()
+    return files, []
 
 
 def _scan(root: str) -> tuple[list[str], list[str]]:

@@ -267,6 +267,7 @@ def plan_job(spec: PipelineSpec, repos: Mapping[str, RepoIndex], datums: Sequenc
     ledger.start_job(job_id, spec.name, spec_hash, spec.salt, len(datums))
     output.job_id = job_id
     output.register_later(rows)
+    output.load_index()
     skipped += sum(1 for state in finished.values() if state == "skipped")
     resumed = sum(1 for state in finished.values() if state != "skipped")
     return Plan(job_id, to_run, skipped, resumed, interrupted is not None)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import enum
+import functools
 import logging
 import re
 import time
@@ -28,7 +29,7 @@ from pfsmount.datums import Datum
 from pfsmount.fs import PfsOperations
 from pfsmount.ledger import LedgerError
 from pfsmount.outdir import OutTree
-from pfsmount.output import OutputConflict, OutputRepo
+from pfsmount.output import OutputConflict, OutputRepo, small_listing
 from pfsmount.protocol import Reply, WorkerGone, WorkerRefused
 from pfsmount.store.local import RepoIndex
 from pfsmount.view import View, build_view, empty_view
@@ -360,10 +361,7 @@ class DatumLoop:
         record.seconds += time.monotonic() - record.started
         if not error:
             try:
-                record.output_files = await trio.to_thread.run_sync(
-                    lambda: self._output.stage_success(record.datum.id, cur.out.staging,
-                                                       attempts=record.attempts,
-                                                       seconds=record.seconds))
+                record.output_files = await self._stage_success(record, cur.out.staging)
             except OutputConflict as exc:
                 # Deterministic: another try would write the same path again.
                 self._current = None
@@ -379,6 +377,16 @@ class DatumLoop:
                 self._on_progress(self)
                 return
         await self._failed_attempt(cur, error)
+
+    async def _stage_success(self, record: DatumRecord, staging: str) -> int:
+        # A few files in one directory (the usual datum) are staged right here: a thread
+        # hop would cost more than the work. Anything bigger is listed in a thread.
+        stage = functools.partial(self._output.stage_success, record.datum.id, staging,
+                                  attempts=record.attempts, seconds=record.seconds)
+        listing = small_listing(staging)
+        if listing is not None:
+            return stage(listing=listing)
+        return await trio.to_thread.run_sync(stage)
 
     async def _failed_attempt(self, cur: _Current, error: str) -> None:
         record = cur.record
