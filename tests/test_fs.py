@@ -81,3 +81,22 @@ async def test_inputs_are_read_only_and_out_is_writable(views) -> None:
     with pytest.raises(pyfuse3.FUSEError) as err:
         await fs.open(attr.st_ino, os.O_WRONLY, CTX)
     assert err.value.errno == errno.ESTALE
+
+
+async def test_a_small_file_is_primed_into_the_page_cache_at_its_first_open(
+        views, monkeypatch: pytest.MonkeyPatch) -> None:
+    fs, (first, _), (out1, _) = views
+    stored: list[tuple[int, int, bytes]] = []
+    monkeypatch.setattr(pyfuse3, "notify_store",
+                        lambda inode, off, data: stored.append((inode, off, bytes(data))))
+    fs.show(first, out1)
+    fs.notifier = object()  # type: ignore[assignment]  # mounted, as far as priming is concerned
+    in_dir = await fs.lookup(ROOT, b"in", CTX)
+    a = await fs.lookup(in_dir.st_ino, b"a", CTX)
+    f = await fs.lookup(a.st_ino, b"f.txt", CTX)
+    for _ in range(2):
+        fi = await fs.open(f.st_ino, os.O_RDONLY, CTX)
+        assert fi.keep_cache  # the stored pages must survive the open
+        await fs.release(fi.fh)
+    # Once, before the first open returned: later opens find the pages already there.
+    assert stored == [(f.st_ino, 0, b"aaa")]

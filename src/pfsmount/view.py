@@ -68,6 +68,7 @@ class View:
     lookups: int = 0  # kernel references to this view's inodes (lookup counts)
     handles: int = 0  # open file and directory handles into this view
     retired: bool = False
+    opened: set[int] = field(default_factory=set)  # inodes opened at least once
 
     def __contains__(self, inode: int) -> bool:
         return self.base <= inode < self.base + len(self.nodes)
