@@ -35,6 +35,7 @@ from workload import (
 )
 
 RESULT = os.environ.get("BENCH_RESULT", "")
+WARM_READS = 3
 OUT = "/pfs/out"
 
 
@@ -62,17 +63,22 @@ def floor(repo: str, out: str) -> None:
 
 
 def _three_reads(path: str, source: str) -> dict[str, object]:
-    """Cold, then warm, then (through a mount) with only the mount's page cache dropped.
+    """Cold, then warm (best of three), then (through a mount) with only the mount's page
+    cache dropped.
 
     The third read has the source in page cache but the mount's own cache empty, so every
     byte is served by the FUSE server again: its throughput without the disk's noise.
     """
     how = evict(source)
     size, cold = read_through(path)
-    size2, warm = read_through(path)
-    assert size == size2, (size, size2)
+    # A page-cache read takes ~0.1 s, short enough for one hiccup of this shared VM to
+    # halve it: the best of three back-to-back warm reads is what the cache delivers.
+    warm_reads = [read_through(path) for _ in range(WARM_READS)]
+    assert all(n == size for n, _ in warm_reads), (size, warm_reads)
+    warm = min(seconds for _, seconds in warm_reads)
     result: dict[str, object] = {"bytes": size, "first_seconds": cold,
-                                 "second_seconds": warm, "evicted_by": how}
+                                 "second_seconds": warm, "evicted_by": how,
+                                 "warm_reads_seconds": [seconds for _, seconds in warm_reads]}
     if path != source:
         drop_cached_pages(path)
         _size, served = read_through(path)
