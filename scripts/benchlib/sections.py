@@ -171,12 +171,19 @@ def _read_bindfs(ctx: Context, repo: Path, source: str, i: int) -> dict[str, Any
 def _read_pfsmount(ctx: Context, source: str, i: int, read_ahead_kb: int = 0
                    ) -> dict[str, Any]:
     name = f"read-pfsmount-{i}" + (f"-ra{read_ahead_kb}" if read_ahead_kb else "")
-    result = fresh_result(ctx, name)
-    env = {"BENCH_RESULT": str(result), "BENCH_SOURCE": source}
+    env = {"BENCH_SOURCE": source}
     if read_ahead_kb:
         env["BENCH_READ_AHEAD_KB"] = str(read_ahead_kb)
+    return _measure(ctx, name, "bench-read", "big", "/*", "reads", env)
+
+
+def _measure(ctx: Context, name: str, pipeline: str, repo: str, glob: str, mode: str,
+             env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run `usercode.py MODE` under pfsmount to success; return what it measured."""
+    result = fresh_result(ctx, name)
     job = run_pfsmount(ctx, name, batching_spec(
-        "bench-read", "big", "/*", ["python3", USERCODE, "reads"], env))
+        pipeline, repo, glob, ["python3", USERCODE, mode],
+        {"BENCH_RESULT": str(result), **(env or {})}))
     expect_exit(job, name)
     return read_result(result, name, job)
 
@@ -229,13 +236,7 @@ def small_files(ctx: Context) -> dict[str, Any]:
 
 
 def _small_pfsmount(ctx: Context, i: int) -> dict[str, Any]:
-    name = f"small-pfsmount-{i}"
-    result = fresh_result(ctx, name)
-    job = run_pfsmount(ctx, name, batching_spec(
-        "bench-small", "small", "/", ["python3", USERCODE, "small"],
-        {"BENCH_RESULT": str(result)}))
-    expect_exit(job, name)
-    return read_result(result, name, job)
+    return _measure(ctx, f"small-pfsmount-{i}", "bench-small", "small", "/", "small")
 
 
 # ----- 4. swap latency -----------------------------------------------------------------------
@@ -248,13 +249,7 @@ def swap(ctx: Context) -> dict[str, Any]:
     first_calls: list[float] = []
     swaps: list[float] = []
     for i in range(ctx.repeat):
-        name = f"swap-{i}"
-        result = fresh_result(ctx, name)
-        job = run_pfsmount(ctx, name, batching_spec(
-            "bench-swap", "swap", "/*", ["python3", USERCODE, "swap"],
-            {"BENCH_RESULT": str(result)}))
-        expect_exit(job, name)
-        calls = read_result(result, name, job)["call_seconds"]
+        calls = _measure(ctx, f"swap-{i}", "bench-swap", "swap", "/*", "swap")["call_seconds"]
         # calls: the first datum, then datum-to-datum swaps, then the final "no more" call.
         first_calls.append(calls[0])
         swaps.extend(calls[1:-1])
