@@ -473,15 +473,16 @@ class PfsOperations(pyfuse3.Operations):
             if node.is_dir:
                 raise pyfuse3.FUSEError(errno.EISDIR)
             if node.data is not None:
-                fh = self._new_handle(Handle(data=node.data, view=view))
+                handle = Handle(data=node.data, view=view)
             else:
                 assert node.source is not None
                 fd = os.open(node.source, os.O_RDONLY | os.O_CLOEXEC)
                 self.stats.content_opens += 1
-                fh = self._new_handle(Handle(fd=fd, view=view))
+                handle = Handle(fd=fd, view=view)
+            fh = self._new_handle(handle)
             if inode not in view.opened:
                 view.opened.add(inode)
-                self._prime(inode, node, self._handles[fh])
+                self._prime(inode, node, handle)
             # Immutable inode: the kernel's cached pages stay valid for the view's life.
             return pyfuse3.FileInfo(fh=fh, keep_cache=True)
         tree = self._writable(inode)
