@@ -14,10 +14,15 @@ from pathlib import Path
 from pfsmount import __version__
 from pfsmount.console import Console, ConsoleLogHandler
 
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
+# The exit codes of `pfsmount run`, documented in README.md ("Exit codes").
+EXIT_OK = 0  # every datum succeeded (or was recovered by err_cmd)
+EXIT_FAILED = 1  # the job ran, and some datum failed or the user code crash-looped
+EXIT_USAGE = 2  # usage or start-up error: nothing ran
+EXIT_JOB_TIMEOUT = 124  # job_timeout expired (as timeout(1) exits)
+EXIT_INTERRUPTED = 130  # SIGINT (Ctrl-C): 128 + 2
+EXIT_TERMINATED = 143  # SIGTERM: 128 + 15
+STOPPED_EXIT = {"SIGINT": EXIT_INTERRUPTED, "SIGTERM": EXIT_TERMINATED,
+                "job_timeout": EXIT_JOB_TIMEOUT}
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     _data_arg(run)
     run.add_argument("--mountpoint", default="/pfs",
                      help="where to mount the datum view (default: /pfs)")
-    run.add_argument("--port", type=int, default=0,
+    run.add_argument("--port", type=_port, default=0,
                      help="gRPC port for NextDatum on 127.0.0.1 (default: a free one)")
     run.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
@@ -73,6 +78,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a TCP port: use 1-65535, or 0 to let the system choose one")
+    return port
+
+
 def _data_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default=None, metavar="DIR",
                    help="directory holding one directory per repo "
@@ -86,12 +102,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         from pfsmount.shims import next_datum_main
 
         return next_datum_main(argv[1:])
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(argv)  # exits 2, with one line, on bad usage
     console = Console()
     _setup_logging(console, verbose=getattr(args, "verbose", False))
     if args.command is None:
         build_parser().print_help(sys.stderr)
         return EXIT_USAGE
+    from pfsmount.ledger import LedgerError
+
     try:
         if args.command == "run":
             return _cmd_run(args, console)
@@ -105,6 +123,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_inspect_job(args, console)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    except LedgerError as exc:
+        # A damaged ledger can fail any query, not only opening it.
+        console.error(str(exc))
+        return EXIT_USAGE
     return EXIT_USAGE
 
 
@@ -237,43 +259,48 @@ def _workdir(spec_path: str, working_dir: str | None) -> str:
 
 
 def _summarize(report, console: Console, spec_path: str) -> int:
-    from pfsmount.worker import DatumState
+    """The end-of-job lines and the exit code; every count covers the whole job, including
+    the datums a resumed job finished before its interruption (as `list-jobs` does)."""
+    from pfsmount.console import plural
+    from pfsmount.worker import FINAL_STATES, DatumState
 
     ok = report.count(DatumState.SUCCESS)
     failed = report.count(DatumState.FAILED)
     recovered = report.count(DatumState.RECOVERED)
-    unrun = len(report.records) - ok - failed - recovered
-    rate = ok / report.seconds if report.seconds > 0 else 0.0
+    unrun = sum(1 for r in report.records if r.state not in FINAL_STATES)
+    ran = sum(1 for r in report.records if r.state in FINAL_STATES)
+    rate = ran / report.seconds if report.seconds > 0 else 0.0
     for problem in report.problems:
         console.error(problem)
-    troubled = [r for r in report.records
+    troubled = [r for r in report.all_records()
                 if r.state in (DatumState.FAILED, DatumState.RECOVERED)]
     for rec in troubled[:20]:
         inputs = ", ".join(f"{i.name}:{i.path}" for i in rec.datum.inputs)
-        tries = f"{rec.attempts} attempt" + ("" if rec.attempts == 1 else "s")
-        console.error(f"datum {rec.datum.id[:12]} ({inputs}) {rec.state.value} after {tries}: "
-                      f"{rec.error}")
+        line = (f"datum {rec.datum.id[:12]} ({inputs}) {rec.state.value} after "
+                f"{plural(rec.attempts, 'attempt')}: {rec.error}")
+        # A recovered datum is not an error: err_cmd dealt with it and the job can succeed.
+        (console.error if rec.state is DatumState.FAILED else console.warn)(line)
     if len(troubled) > 20:
-        console.error(f"... and {len(troubled) - 20} more failed or recovered datums")
+        console.info(f"... and {len(troubled) - 20} more failed or recovered datums")
     if troubled:
         console.info(f"their output: pfsmount logs {spec_path} --failed "
                      "(or --datum ID for one datum)")
     verdict = {"success": "succeeded", "failed": "FAILED", "killed": "was KILLED"}[report.outcome]
     console.info(
-        f"job {report.job_id[:12]} {verdict}: {ok} datums processed, {failed} failed"
+        f"job {report.job_id[:12]} {verdict}: {plural(ok, 'datum')} processed, {failed} failed"
         + (f", {recovered} recovered" if recovered else "")
+        + (f" ({report.resumed} finished before the interruption)" if report.resumed else "")
         + (f", {report.skipped} skipped (unchanged)" if report.skipped else "")
-        + (f", {report.resumed} finished before the interruption" if report.resumed else "")
         + (f", {unrun} not run" if unrun else "")
-        + (f", user code restarted {report.restarts} times" if report.restarts else "")
+        + (f", user code restarted {plural(report.restarts, 'time')}" if report.restarts else "")
         + f", in {report.seconds:.1f}s ({rate:.1f} datums/s)"
     )
-    files = f"{report.input_files} input file" + ("" if report.input_files == 1 else "s")
-    console.info(f"read {_fmt_bytes(report.input_bytes)} from {files}")
+    console.info(f"read {_fmt_bytes(report.input_bytes)} from "
+                 f"{plural(report.input_files, 'input file')}")
     if report.outcome == "killed":
         console.info(f"output: {report.output_dir} holds the datums finished so far; run the "
                      "same command again to resume the job")
-        return EXIT_INTERRUPTED
+        return STOPPED_EXIT.get(report.stopped_by, EXIT_INTERRUPTED)
     console.info(f"output: {report.output_dir}")
     return EXIT_OK if report.outcome == "success" else EXIT_FAILED
 
@@ -298,13 +325,26 @@ def _cmd_logs(args: argparse.Namespace, console: Console) -> int:
         wanted = matches if wanted is None else wanted & matches
     data_dir = os.path.abspath(args.data or _default_data_dir())
     out = sys.stdout
-    for line in read_lines(data_dir, job["pipeline"], job["job_id"]):
-        if wanted is not None and line.datum not in wanted:
-            continue
-        tag = f"{line.datum[:12] or '-':12} #{line.attempt}"
-        if line.source != "user":
-            tag += f" {line.source}"
-        out.write(f"[{tag} {line.stream}] {line.text}\n")
+    damaged: list[int] = []
+    try:
+        for line in read_lines(data_dir, job["pipeline"], job["job_id"], damaged.append):
+            if wanted is not None and line.datum not in wanted:
+                continue
+            tag = f"{line.datum[:12] or '-':12} #{line.attempt}"
+            if line.source != "user":
+                tag += f" {line.source}"
+            out.write(f"[{tag} {line.stream}] {line.text}\n")
+    except FileNotFoundError:
+        console.info(f"job {job['job_id'][:12]} has no log: its user code never ran")
+    except OSError as exc:
+        console.error(f"cannot read the log of job {job['job_id'][:12]}: {exc}")
+        return EXIT_USAGE
+    if damaged:
+        from pfsmount.console import plural
+
+        console.warn(f"skipped {plural(len(damaged), 'damaged line')} of the job log (line "
+                     f"{', '.join(map(str, damaged[:5]))}{', ...' if len(damaged) > 5 else ''}): "
+                     "cut off when pfsmount was killed, or when the disk was full")
     return EXIT_OK
 
 
@@ -362,6 +402,8 @@ def _cmd_list_jobs(args: argparse.Namespace, console: Console) -> int:
 
 
 def _cmd_inspect_job(args: argparse.Namespace, console: Console) -> int:
+    from pfsmount.console import plural
+
     found = _find_job(args, console, args.job)
     if found is None:
         return EXIT_USAGE
@@ -385,8 +427,8 @@ def _cmd_inspect_job(args: argparse.Namespace, console: Console) -> int:
     for d in datums:
         if d["state"] in ("failed", "recovered"):
             inputs = ", ".join(f"{i['name']}:{i['path']}" for i in d["inputs"])
-            out.write(f"{d['state']:9} {d['datum_id'][:12]} ({inputs}) after {d['attempts']} "
-                      f"attempt(s): {d['error']}\n")
+            out.write(f"{d['state']:9} {d['datum_id'][:12]} ({inputs}) after "
+                      f"{plural(d['attempts'], 'attempt')}: {d['error']}\n")
     return EXIT_OK
 
 

@@ -17,6 +17,11 @@ PLAIN_PROGRESS_EVERY = 5.0  # seconds between progress lines when not on a termi
 TTY_REDRAW_EVERY = 0.1  # seconds between redraws of the progress line on a terminal
 
 
+def plural(n: int, word: str, words: str = "") -> str:
+    """`1 datum`, `2 datums`; `words` when the plural is not `word` + "s"."""
+    return f"{n} {word if n == 1 else (words or word + 's')}"
+
+
 def _fmt_duration(seconds: float) -> str:
     seconds = int(seconds)
     h, rest = divmod(seconds, 3600)

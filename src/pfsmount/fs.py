@@ -81,6 +81,9 @@ class Stats:
 
     content_opens: int = 0
     bytes_read: int = 0
+    # Backing files opened at least once: a file opened in many datums (or many times) is
+    # one input file read, which is what the end-of-job summary reports.
+    files_opened: set[str] = field(default_factory=set)
 
 
 @dataclass
@@ -478,6 +481,7 @@ class PfsOperations(pyfuse3.Operations):
                 assert node.source is not None
                 fd = os.open(node.source, os.O_RDONLY | os.O_CLOEXEC)
                 self.stats.content_opens += 1
+                self.stats.files_opened.add(node.source)
                 handle = Handle(fd=fd, view=view)
             fh = self._new_handle(handle)
             if inode not in view.opened:

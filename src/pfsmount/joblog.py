@@ -5,14 +5,18 @@ reads them after the fact, using the ledger to know which datums failed.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TextIO
 
 from pfsmount.output import WORK_DIR
+
+log = logging.getLogger(__name__)
 
 
 def logs_dir(data_dir: str, pipeline: str) -> str:
@@ -32,27 +36,61 @@ class LogLine:
 
 
 class JobLog:
-    """Appends the user code's output lines of one job, tagged with their datum."""
+    """Appends the user code's output lines of one job, tagged with their datum.
+
+    The log is a convenience, never a reason to stop a job: when it cannot be written (a full
+    disk, say) pfsmount warns once and goes on without it; the terminal still gets every line.
+    """
 
     def __init__(self, data_dir: str, pipeline: str, job_id: str) -> None:
         directory = logs_dir(data_dir, pipeline)
-        os.makedirs(directory, exist_ok=True)
         self.lines_path = os.path.join(directory, f"{job_id}.jsonl")
-        self._file: TextIO = open(self.lines_path, "a", encoding="utf-8")  # noqa: SIM115
+        self._file: TextIO | None = None
+        try:
+            os.makedirs(directory, exist_ok=True)
+            self._file = open(self.lines_path, "a", encoding="utf-8")  # noqa: SIM115
+        except OSError as exc:
+            self._give_up(exc)
 
     def line(self, datum: str, attempt: int, source: str, stream: str, text: bytes) -> None:
+        if self._file is None:
+            return
         record = {"t": round(time.time(), 3), "datum": datum, "attempt": attempt,
                   "source": source, "stream": stream,
                   "text": text.decode(errors="replace")}
-        self._file.write(json.dumps(record) + "\n")
+        try:
+            self._file.write(json.dumps(record) + "\n")
+        except OSError as exc:
+            self._give_up(exc)
 
     def close(self) -> None:
-        self._file.close()
+        if self._file is not None:
+            try:
+                self._file.close()
+            except OSError as exc:
+                self._give_up(exc)
+
+    def _give_up(self, exc: OSError) -> None:
+        # Writing on after a failed write would leave holes in the middle of the log.
+        log.warning("cannot write the job log %s (%s); the job goes on, but from here its "
+                    "output is only on this terminal", self.lines_path, exc.strerror or exc)
+        file, self._file = self._file, None
+        if file is not None:
+            # The buffered lines that failed to be written fail again: they are dropped.
+            with contextlib.suppress(OSError):
+                file.close()
 
 
-def read_lines(data_dir: str, pipeline: str, job_id: str) -> Iterator[LogLine]:
+def read_lines(data_dir: str, pipeline: str, job_id: str,
+               on_damaged: Callable[[int], None] = lambda number: None) -> Iterator[LogLine]:
+    """The recorded lines of a job; a line that cannot be read is skipped, and its number
+    passed to `on_damaged` (the last line is cut off when pfsmount was killed mid-write)."""
     path = os.path.join(logs_dir(data_dir, pipeline), f"{job_id}.jsonl")
-    with open(path, encoding="utf-8") as f:
-        for raw in f:
-            r = json.loads(raw)
-            yield LogLine(r["t"], r["datum"], r["attempt"], r["source"], r["stream"], r["text"])
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for number, raw in enumerate(f, 1):
+            try:
+                r = json.loads(raw)
+                yield LogLine(float(r["t"]), str(r["datum"]), int(r["attempt"]),
+                              str(r["source"]), str(r["stream"]), str(r["text"]))
+            except (ValueError, TypeError, KeyError):
+                on_damaged(number)

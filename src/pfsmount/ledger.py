@@ -113,7 +113,11 @@ class Ledger:
 
     def _query(self, sql: str, args: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
-            return self._db.execute(sql, tuple(args)).fetchall()
+            try:
+                return self._db.execute(sql, tuple(args)).fetchall()
+            except sqlite3.Error as exc:
+                # A ledger cut short (a copy, a full disk) opens fine and fails on first read.
+                raise LedgerError(_describe(exc, self.path)) from None
 
     def _transaction(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> None:
         with self._lock:
@@ -147,20 +151,31 @@ class Ledger:
         )])
 
     def end_job(self, job_id: str, state: str, message: str = "") -> None:
-        counts = dict(self._query(
-            "SELECT state, COUNT(*) FROM job_datums WHERE job_id = ? GROUP BY state", (job_id,)))
+        c = self._counts(job_id)
         self._transaction([(
             "UPDATE jobs SET ended = ?, state = ?, skipped = ?, processed = ?, failed = ?, "
             "recovered = ?, message = ? WHERE job_id = ?",
-            (time.time(), state, counts.get("skipped", 0), counts.get("success", 0),
-             counts.get("failed", 0), counts.get("recovered", 0), message, job_id),
+            (time.time(), state, c["skipped"], c["processed"], c["failed"], c["recovered"],
+             message, job_id),
         )])
 
     def jobs(self) -> list[dict[str, Any]]:
         cols = ("job_id", "pipeline", "started", "ended", "state", "total", "skipped",
                 "processed", "failed", "recovered", "message")
         rows = self._query(f"SELECT {', '.join(cols)} FROM jobs ORDER BY started")
-        return [dict(zip(cols, row, strict=True)) for row in rows]
+        jobs = [dict(zip(cols, row, strict=True)) for row in rows]
+        for job in jobs:
+            if job["state"] == RUNNING:
+                # Counted only when a job ends; one that is running (or whose pfsmount died)
+                # shows what its datums have reached so far.
+                job.update(self._counts(job["job_id"]))
+        return jobs
+
+    def _counts(self, job_id: str) -> dict[str, int]:
+        by_state = dict(self._query(
+            "SELECT state, COUNT(*) FROM job_datums WHERE job_id = ? GROUP BY state", (job_id,)))
+        return {"skipped": by_state.get("skipped", 0), "processed": by_state.get("success", 0),
+                "failed": by_state.get("failed", 0), "recovered": by_state.get("recovered", 0)}
 
     def job(self, job_prefix: str) -> dict[str, Any] | None:
         matches = [j for j in self.jobs() if j["job_id"].startswith(job_prefix)]
@@ -183,6 +198,13 @@ class Ledger:
         return dict(self._query(
             f"SELECT datum_id, state FROM job_datums WHERE job_id = ? AND state IN ({_DONE_SQL})",
             (job_id,)))
+
+    def troubled_in_job(self, job_id: str) -> list[tuple[str, str, int, str]]:
+        """(datum id, state, attempts, error) of the job's FAILED and RECOVERED datums."""
+        return [tuple(row) for row in self._query(  # type: ignore[misc]
+            f"SELECT datum_id, state, attempts, error FROM job_datums WHERE job_id = ? "
+            f"AND state IN ({_DONE_SQL}) AND state IN ('failed', 'recovered') ORDER BY rowid",
+            (job_id,))]
 
     # ----- datums ---------------------------------------------------------------------
 
@@ -269,4 +291,7 @@ def _describe(exc: sqlite3.Error, path: str) -> str:
     text = str(exc)
     if "full" in text.lower():
         return f"the disk holding {path} is full ({text}); free some space and run again"
+    if isinstance(exc, sqlite3.DatabaseError) and ("malformed" in text or "not a database" in text):
+        return (f"ledger {path} is damaged: {text} (move it away to start afresh: the next run "
+                "then processes every datum again)")
     return f"ledger {path}: {text}"

@@ -281,16 +281,22 @@ class OutputRepo:
         for path in files:
             owner = self._owner(path, below=True)
             if owner is not None and owner != datum_id:
+                same_path = path in self._claims or path in self._outputs()
+                clash = (f"was written by datum {owner} and datum {datum_id}" if same_path else
+                         f"of datum {datum_id} collides with datum {owner}'s output: a file or "
+                         "symlink (even a symlink to a directory) in one is a directory in the "
+                         "other")
                 raise OutputConflict(
-                    f"output path /{path} was written by datum {owner} and datum {datum_id}; "
-                    "each output path may come from one datum only (write datum-specific "
-                    "names, e.g. include the input file name)")
+                    f"output path /{path} {clash}; each output path may come from one datum "
+                    "only (write datum-specific names, e.g. include the input file name)")
         for path in dirs:
             owner = self._owner(path, below=False)
             if owner is not None and owner != datum_id:
                 raise OutputConflict(
-                    f"output path /{path} is a file from datum {owner} but a directory in "
-                    f"datum {datum_id}")
+                    f"output path /{path} is a directory in datum {datum_id} but a file or "
+                    f"symlink in datum {owner} (a symlink is not merged as a directory, even "
+                    "one that points to a directory); each output path may come from one "
+                    "datum only")
 
     def _owner(self, path: str, *, below: bool) -> str | None:
         """Who already has an output file colliding with `path`: queued first, then committed."""

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import pyfuse3
 import trio
 
-from pfsmount.console import Console
+from pfsmount.console import Console, plural
 from pfsmount.datums import Datum, datum_hash
 from pfsmount.fs import PfsOperations
 from pfsmount.joblog import JobLog
@@ -38,6 +38,7 @@ from pfsmount.local import serve_local
 from pfsmount.memory import bulk_allocation
 from pfsmount.notify import KernelNotifier
 from pfsmount.output import OutputRepo, work_dir
+from pfsmount.preflight import StartError, check_mountpoint_outside, check_port, check_program
 from pfsmount.protocol import WorkerServer
 from pfsmount.spec import PipelineSpec
 from pfsmount.store.local import RepoIndex
@@ -70,22 +71,31 @@ class RunOptions:
 
 @dataclass
 class JobReport:
-    """How a job ended."""
+    """How a job ended: every datum of the job, including those a resumed job finished
+    before its interruption, so a failure then still fails the job."""
 
     job_id: str
-    records: list[DatumRecord]
+    records: list[DatumRecord]  # the datums this run took on
     seconds: float
     output_dir: str
     outcome: str  # "success", "failed" or "killed"
     problems: list[str] = field(default_factory=list)
     skipped: int = 0  # unchanged since they were processed
-    resumed: int = 0  # finished before the interruption this run resumed
+    earlier: list[DatumRecord] = field(default_factory=list)  # finished before the interruption
     restarts: int = 0  # times the user code was started again after dying
     input_bytes: int = 0  # read from the repos through /pfs: what laziness saved shows here
-    input_files: int = 0
+    input_files: int = 0  # distinct files opened
+    stopped_by: str = ""  # why a killed job stopped: "SIGINT", "SIGTERM" or "job_timeout"
+
+    @property
+    def resumed(self) -> int:
+        return len(self.earlier)
 
     def count(self, state: DatumState) -> int:
-        return sum(1 for r in self.records if r.state is state)
+        return sum(1 for r in self.all_records() if r.state is state)
+
+    def all_records(self) -> list[DatumRecord]:
+        return self.earlier + self.records
 
 
 # ----- the mountpoint -------------------------------------------------------------------
@@ -197,7 +207,7 @@ class Plan:
     job_id: str
     to_run: list[Datum]
     skipped: int  # unchanged and processed before
-    resumed: int  # already finished in the interrupted job this run continues
+    earlier: list[DatumRecord]  # already finished in the interrupted job this run continues
     resuming: bool
 
 
@@ -246,6 +256,8 @@ def plan_job(spec: PipelineSpec, repos: Mapping[str, RepoIndex], datums: Sequenc
     interrupted = ledger.interrupted_job()
     job_id = interrupted["job_id"] if interrupted else uuid.uuid4().hex
     finished = ledger.done_in_job(job_id) if interrupted else {}
+    troubled = {row[0]: row[1:] for row in ledger.troubled_in_job(job_id)} if interrupted else {}
+    earlier: list[DatumRecord] = []
     processed = ledger.processed_hashes() if spec.reprocess_spec != "every_job" else {}
     # Only a datum processed before can be skipped, so only those are hashed up front; the
     # others are hashed when they end (a first run of 100,000 datums hashes nothing here).
@@ -255,6 +267,9 @@ def plan_job(spec: PipelineSpec, repos: Mapping[str, RepoIndex], datums: Sequenc
     skipped = 0
     for d in datums:
         if d.id in finished:
+            if finished[d.id] != "skipped":
+                state, attempts, error = troubled.get(d.id, ("success", 0, ""))
+                earlier.append(DatumRecord(d, DatumState(state), attempts, error))
             continue
         inputs = inputs_json(d)
         known = hashes.get(d.id, "")
@@ -269,8 +284,7 @@ def plan_job(spec: PipelineSpec, repos: Mapping[str, RepoIndex], datums: Sequenc
     output.register_later(rows)
     output.load_index()
     skipped += sum(1 for state in finished.values() if state == "skipped")
-    resumed = sum(1 for state in finished.values() if state != "skipped")
-    return Plan(job_id, to_run, skipped, resumed, interrupted is not None)
+    return Plan(job_id, to_run, skipped, earlier, interrupted is not None)
 
 
 async def run_job(
@@ -299,24 +313,37 @@ async def _locked_job(
     spec_hash: str,
     work: str,
 ) -> JobReport:
-    ledger = Ledger(os.path.join(work, "ledger.sqlite"))
+    # Every refusal comes before the job is recorded: a refused run leaves the ledger as it
+    # was (no phantom "running" job; an interrupted job stays resumable).
+    try:
+        preflight(spec, repos, opts)
+    except StartError as exc:
+        raise RunError(str(exc)) from None
+    prepare_mountpoint(opts.mountpoint)
+    try:
+        ledger = Ledger(os.path.join(work, "ledger.sqlite"))
+    except LedgerError as exc:
+        raise RunError(str(exc)) from None
     output = OutputRepo(opts.data_dir, spec.name, ledger)
     try:
         with bulk_allocation():
             plan = await trio.to_thread.run_sync(
                 plan_job, spec, repos, datums, output, ledger, spec_hash)
     except LedgerError as exc:
+        ledger.close()
         raise RunError(str(exc)) from None
     by_id = {d.id: d for d in datums}
     output.hasher = lambda datum_id: datum_hash(by_id[datum_id], repos, spec.salt)
     if plan.resuming:
-        console.info(f"resuming interrupted job {plan.job_id[:12]}: {plan.resumed} datums "
-                     "already finished")
+        failed = sum(1 for r in plan.earlier if r.state is DatumState.FAILED)
+        console.info(f"resuming interrupted job {plan.job_id[:12]}: "
+                     f"{plural(len(plan.earlier), 'datum')} already finished"
+                     + (f", {failed} of them failed" if failed else ""))
     untracked = output.untracked()
     if untracked:
-        console.warn(f"{len(untracked)} file(s) in {output.repo_dir} were not written by any "
+        console.warn(f"{plural(len(untracked), 'file')} in {output.repo_dir} "
+                     f"{'was' if len(untracked) == 1 else 'were'} not written by any "
                      f"datum (e.g. {untracked[0]}); they are left as they are")
-    prepare_mountpoint(opts.mountpoint)
     joblog = JobLog(opts.data_dir, spec.name, plan.job_id)
     bin_dir = tempfile.mkdtemp(prefix="pfsmount-bin-")
     started = time.monotonic()
@@ -339,6 +366,7 @@ async def _locked_job(
     problems: list[str] = []
     outcome = "failed"
     restarts = 0
+    stopped_by = ""
     serving = trio.Event()
     try:
         async with trio.open_nursery() as fs_nursery:
@@ -348,8 +376,8 @@ async def _locked_job(
             fs_nursery.start_soon(_tune_read_ahead, opts.mountpoint)
             try:
                 write_shims(bin_dir)
-                outcome, restarts = await _serve(spec, loop, opts, console, bin_dir, joblog,
-                                                 problems)
+                outcome, restarts, stopped_by = await _serve(spec, loop, opts, console, bin_dir,
+                                                             joblog, problems)
             finally:
                 with trio.CancelScope(shield=True):
                     serving.set()
@@ -357,6 +385,16 @@ async def _locked_job(
                     await loop.flush()
                     await trio.to_thread.run_sync(notifier.close)
                     pyfuse3.terminate()
+    except BaseExceptionGroup as group:
+        refused = _only_run_error(group)
+        if refused is None:
+            raise
+        # Found out only by trying (a port taken since the check): the job ends, saying why.
+        console.end_progress()
+        await trio.to_thread.run_sync(ledger.end_job, plan.job_id, "failed", str(refused))
+        ledger.close()
+        joblog.close()
+        raise refused from None
     finally:
         pyfuse3.close(unmount=True)
         shutil.rmtree(bin_dir, ignore_errors=True)
@@ -364,17 +402,44 @@ async def _locked_job(
     report = JobReport(
         job_id=plan.job_id, records=loop.records, seconds=time.monotonic() - started,
         output_dir=output.repo_dir, outcome=outcome, problems=problems,
-        input_bytes=fs.stats.bytes_read, input_files=fs.stats.content_opens,
-        restarts=restarts, skipped=plan.skipped,
-        resumed=plan.resumed,
+        input_bytes=fs.stats.bytes_read, input_files=len(fs.stats.files_opened),
+        restarts=restarts, skipped=plan.skipped, earlier=plan.earlier, stopped_by=stopped_by,
     )
     if report.count(DatumState.FAILED) and outcome == "success":
         report.outcome = "failed"
-    await trio.to_thread.run_sync(ledger.end_job, plan.job_id, report.outcome,
-                                  "; ".join(problems))
+    try:
+        await trio.to_thread.run_sync(ledger.end_job, plan.job_id, report.outcome,
+                                      "; ".join(problems))
+    except LedgerError as exc:
+        # The job's row keeps saying "running": the next run resumes it and does again
+        # only what the ledger does not record as done.
+        log.error("could not record the end of job %s: %s", plan.job_id[:12], exc)
     ledger.close()
     joblog.close()
     return report
+
+
+def _only_run_error(group: BaseExceptionGroup) -> RunError | None:
+    """The RunError a nursery wrapped, when that is all it holds."""
+    match, rest = group.split(RunError)
+    if match is None or rest is not None:
+        return None
+    while isinstance(match, BaseExceptionGroup):
+        match = match.exceptions[0]
+    return match if isinstance(match, RunError) else None
+
+
+def preflight(spec: PipelineSpec, repos: Mapping[str, RepoIndex], opts: RunOptions) -> None:
+    """Refuse, with StartError, a run that could only fail later (see preflight.py)."""
+    check_port(opts.port)
+    check_mountpoint_outside(opts.mountpoint, opts.data_dir, spec.name, repos.keys())
+    cwd = opts.workdir or os.getcwd()
+    # The PATH the user code will get, with real shims in it, so `pachctl` resolves as then.
+    with tempfile.TemporaryDirectory(prefix="pfsmount-check-") as shims:
+        write_shims(shims)
+        env = user_env(spec, opts.port, shims)
+        check_program("transform.cmd", spec.transform.cmd, env, cwd, shims)
+        check_program("transform.err_cmd", spec.transform.err_cmd, env, cwd, shims)
 
 
 async def _serve(
@@ -385,14 +450,15 @@ async def _serve(
     bin_dir: str,
     joblog: JobLog,
     problems: list[str],
-) -> tuple[str, int]:
-    """Run the user code against the datum loop; returns the outcome and the restarts."""
+) -> tuple[str, int, str]:
+    """Run the user code against the datum loop; returns the outcome, the restarts and
+    what stopped a killed job ("SIGINT", "SIGTERM", "job_timeout"; else "")."""
     token = trio.lowlevel.current_trio_token()
     server = WorkerServer(Bridge(loop, token), port=opts.port)
     try:
         port = server.start()
     except OSError as exc:
-        raise RunError(str(exc)) from None
+        raise RunError(exc.strerror or str(exc)) from None
     env = user_env(spec, port, bin_dir)
     env[LOCAL_SOCKET_ENV] = os.path.join(bin_dir, "worker.sock")
     sup = Supervisor(loop, spec, console, joblog, env, workdir=opts.workdir,
@@ -400,6 +466,7 @@ async def _serve(
     console.start_progress(len(loop.records))
     interrupted: list[str] = []
     outcome = "killed"
+    stopped_by = ""
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_watch_signals, nursery.cancel_scope, interrupted)
@@ -408,11 +475,13 @@ async def _serve(
                 outcome = await sup.run()
             if job_scope.cancelled_caught:
                 outcome = "killed"
+                stopped_by = "job_timeout"
                 problems.append(f"job_timeout of {fmt_seconds(spec.job_timeout or 0)} expired; "
                                 "the job was stopped")
             nursery.cancel_scope.cancel()
         if interrupted:
             outcome = "killed"
+            stopped_by = interrupted[0]
             problems.append(f"interrupted by {interrupted[0]}")
     finally:
         with trio.CancelScope(shield=True):
@@ -421,7 +490,7 @@ async def _serve(
             if outcome == "killed":
                 await loop.abort("the job was stopped while this datum was running")
             server.stop(grace=0)
-    return outcome, sup.restarts
+    return outcome, sup.restarts, stopped_by
 
 
 async def _tune_read_ahead(mountpoint: str) -> None:
