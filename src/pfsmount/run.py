@@ -413,7 +413,10 @@ async def _locked_job(
     except LedgerError as exc:
         # The job's row keeps saying "running": the next run resumes it and does again
         # only what the ledger does not record as done.
-        log.error("could not record the end of job %s: %s", plan.job_id[:12], exc)
+        report.problems.append(
+            f"the ledger could not record the end of this job, so `pfsmount list-jobs` shows "
+            f"it as running, with only the datums it could record ({exc}); the next run "
+            "resumes it and runs the others again")
     ledger.close()
     joblog.close()
     return report
