@@ -298,7 +298,7 @@ def _first_datum(ctx: Context, i: int) -> dict[str, Any]:
     result = fresh_result(ctx, name)
     job = run_pfsmount(ctx, name, _scale_spec("bench-scale", result, everything=False),
                        stop=result.exists)
-    expect_exit(job, name, code=130)  # stopped by SIGTERM once the first datum was there
+    expect_exit(job, name, code=143)  # stopped by SIGTERM once the first datum was there
     arrived = read_result(result, name, job)["first_datum_at"]
     return {"first_datum_seconds": arrived - job.started_at,
             "peak_rss_mb": job.peak_rss_kb / 1024, "job_seconds": job.seconds}
@@ -317,7 +317,7 @@ def _whole_job(ctx: Context) -> dict[str, Any]:
                        stop=lambda: time.monotonic() > deadline)
     finished = job.returncode == 0
     if not finished:
-        expect_exit(job, name, code=130)
+        expect_exit(job, name, code=143)  # stopped by SIGTERM
     measured = read_result(result, name, job)
     progress = measured["progress"]  # [seconds since the first datum, datums so far]
     return {
