@@ -59,7 +59,8 @@ _PROBE = """
 
     def sourced(shell, env_path):
         # Only what /pfs/.env sets: the shell starts with an empty environment.
-        script = '. "$1"; printf "%s\\\\0%s\\\\0%s" "$in" "$PACH_ODD" "${AWS_SECRET_ACCESS_KEY-unset}"'
+        script = ('. "$1"; printf "%s\\\\0%s\\\\0%s" "$in" "$PACH_ODD" '
+                  '"${AWS_SECRET_ACCESS_KEY-unset}"')
         out = subprocess.run([shell, "-c", script, shell, env_path], env={"PATH": "/usr/bin:/bin"},
                              capture_output=True, check=True).stdout
         return [part.hex() for part in out.split(b"\\0")]

@@ -131,10 +131,12 @@ def env_line(key: str, value: str) -> str:
 
 
 def _double_quoted(key: str, value: str, escaped: str) -> str:
-    if value.endswith("\\"):
+    trailing = len(value) - len(value.rstrip("\\"))
+    if trailing:
         # `\\"` would read as an escaped quote to python-dotenv, which would then run on
-        # into the next lines; outside the quotes the last backslash ends the line cleanly.
-        return f'{key}="{escaped[:-2]}"\\\\\n'
+        # into the next lines; outside the quotes, backslashes end the line cleanly.
+        tail = "\\\\" * trailing
+        return f'{key}="{escaped[:-2 * trailing]}"{tail}\n'
     return f'{key}="{escaped}"\n'
 
 
