@@ -250,3 +250,22 @@ def test_launching_env_stays_out_of_env_file_and_pachyderm_reply(tmp_path: Path,
         assert reply["GREETING"] == "hi" and reply["in"] == f"{mnt}/in/{name}"
         keys = [line.split("=", 1)[0] for line in rec["env_file"].splitlines()]
         assert keys == [k.split("=", 1)[0] for k in rec["reply"]]  # the same list, in order
+
+
+def test_an_error_quoting_undecodable_bytes_is_recorded_as_text(tmp_path: Path,
+                                                                 mnt: Path) -> None:
+    data = tmp_path / "data"
+    _write_bytes_tree(data / "in", {b"f\xff": b"x"})
+    spec = write_spec(tmp_path / "p.yaml", {
+        **batching_spec("err", _pfs("in", "/*"), [
+            "bash", "-c",
+            "pfsmount next-datum && pfsmount next-datum --error $'cannot read \\xff'"]),
+        "datum_tries": 1,
+    })
+    result = finish(start_pfsmount(spec, data, mnt), mnt)
+    assert result.returncode == 1, result
+    assert "Traceback" not in result.stderr
+    assert "cannot read \\xff" in result.stderr and "in:/f\\xff" in result.stderr
+    shown = subprocess.run([PY, "-m", "pfsmount", "inspect-job", "err", "--data", str(data)],
+                           capture_output=True, check=True).stdout
+    assert b"(in:/f\\xff) after 1 attempt(s): cannot read \\xff" in shown

@@ -21,7 +21,16 @@ import re
 import sys
 from typing import Any
 
-__all__ = ["display", "env_line", "from_json", "fsencode", "json_text", "message"]
+__all__ = [
+    "FS_ENCODING",
+    "FS_ERRORS",
+    "display",
+    "env_line",
+    "from_json",
+    "fsencode",
+    "json_text",
+    "message",
+]
 
 # What os.fsencode uses; hot loops call `text.encode(FS_ENCODING, FS_ERRORS)` directly.
 FS_ENCODING = sys.getfilesystemencoding()
