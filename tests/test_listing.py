@@ -16,6 +16,7 @@ import pytest
 
 from pfsmount.datums import datum_hash, expand, open_repos
 from pfsmount.listing import print_datums
+from pfsmount.names import from_json
 from pfsmount.spec import PipelineSpec, parse_spec
 from support import PY, ROOT, pachyderm_datum_id, write_spec, write_tree
 
@@ -120,7 +121,8 @@ def test_odd_names_stay_on_one_line_and_round_trip_in_json(tmp_path: Path) -> No
     assert [line[66:] for line in table[1:]] == [
         "/caf\\xe9", "/new\\nline", "/plain name", "/tab\\there",
     ]  # fmt: skip
-    paths = [json.loads(line)["inputs"][0]["path"]
+    # Strict JSON: undecodable bytes as U+FFFD, the exact bytes in base64 in path_b64.
+    paths = [from_json(json.loads(line)["inputs"][0], "path")
              for line in listing(spec, tmp_path, as_json=True).splitlines()]
     assert [os.fsencode(p) for p in paths] == [b"/caf\xe9", b"/new\nline", b"/plain name",
                                                b"/tab\there"]

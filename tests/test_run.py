@@ -92,6 +92,8 @@ def test_env_file_and_datum_ids(tmp_path: Path, mnt: Path) -> None:
         assert env["GREETING"] == "hello world; rm -rf /"
         assert env["PPS_WORKER_GRPC_PORT"].isdigit()
         assert "POSTGRES_PASSWORD" not in env
+        # The datum's variables only, not the launching environment (issue 13).
+        assert "PATH" not in env and "HOME" not in env
         assert rec["os_environ"] == env  # the client applied the datum's env
         # .env holds the same variables, in Pachyderm's order, safe to `source`.
         lines = rec["env_file"].splitlines()
@@ -100,6 +102,7 @@ def test_env_file_and_datum_ids(tmp_path: Path, mnt: Path) -> None:
                              "PACH_DATUM_ID", "PACH_JOB_ID", "PACH_OUTPUT_COMMIT_ID"]
         assert f"images={mnt}/images{path}" in lines
         assert "GREETING='hello world; rm -rf /'" in lines
+        assert not any(line.startswith(("PATH=", "HOME=")) for line in lines)
     assert len(job_ids) == 1
     a = records[pachyderm_datum_id([("images", "images", "master", "/a.png"),
                                     ("lab", "labels", "master", "/")])]

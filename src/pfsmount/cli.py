@@ -10,9 +10,14 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from pfsmount import __version__
 from pfsmount.console import Console, ConsoleLogHandler
+from pfsmount.names import display, json_text
+
+if TYPE_CHECKING:
+    from pfsmount.datums import DatumInput
 
 # The exit codes of `pfsmount run`, documented in README.md ("Exit codes").
 EXIT_OK = 0  # every datum succeeded (or was recovered by err_cmd)
@@ -103,6 +108,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return next_datum_main(argv[1:])
     args = build_parser().parse_args(argv)  # exits 2, with one line, on bad usage
+    for stream in (sys.stdout, sys.stderr):
+        # Names are bytes and need not be UTF-8: printing one must never crash a command.
+        # (They are escaped as \xff on the way; this is the net under that.)
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     console = Console()
     _setup_logging(console, verbose=getattr(args, "verbose", False))
     if args.command is None:
@@ -195,16 +205,21 @@ def _cmd_list_datums(args: argparse.Namespace, console: Console) -> int:
     for d in datums:
         rec = states.get(d.id)
         if args.json:
-            record = {"id": d.id, "inputs": [
-                {"name": i.name, "repo": i.repo, "branch": i.branch, "path": i.path}
-                for i in d.inputs]}
+            record = {"id": d.id, "inputs": [_json_input(i) for i in d.inputs]}
             if rec is not None:
                 record.update(state=rec["state"], attempts=rec["attempts"], error=rec["error"])
             out.write(json.dumps(record) + "\n")
             continue
         state = f"{rec['state'] if rec else 'not in job':10}  " if args.job is not None else ""
-        out.write(f"{d.id}  {state}" + "  ".join(f"{i.name}:{i.path}" for i in d.inputs) + "\n")
+        out.write(f"{d.id}  {state}"
+                  + "  ".join(f"{i.name}:{display(i.path)}" for i in d.inputs) + "\n")
     return EXIT_OK
+
+
+def _json_input(item: DatumInput) -> dict[str, Any]:
+    record: dict[str, Any] = {"name": item.name, "repo": item.repo, "branch": item.branch}
+    json_text(record, "path", item.path)
+    return record
 
 
 def _cmd_run(args: argparse.Namespace, console: Console) -> int:
@@ -275,7 +290,7 @@ def _summarize(report, console: Console, spec_path: str) -> int:
     troubled = [r for r in report.all_records()
                 if r.state in (DatumState.FAILED, DatumState.RECOVERED)]
     for rec in troubled[:20]:
-        inputs = ", ".join(f"{i.name}:{i.path}" for i in rec.datum.inputs)
+        inputs = ", ".join(f"{i.name}:{display(i.path)}" for i in rec.datum.inputs)
         line = (f"datum {rec.datum.id[:12]} ({inputs}) {rec.state.value} after "
                 f"{plural(rec.attempts, 'attempt')}: {rec.error}")
         # A recovered datum is not an error: err_cmd dealt with it and the job can succeed.
@@ -426,7 +441,7 @@ def _cmd_inspect_job(args: argparse.Namespace, console: Console) -> int:
                   f"total {sum(timed):.1f}s per datum attempt\n")
     for d in datums:
         if d["state"] in ("failed", "recovered"):
-            inputs = ", ".join(f"{i['name']}:{i['path']}" for i in d["inputs"])
+            inputs = ", ".join(f"{i['name']}:{display(i['path'])}" for i in d["inputs"])
             out.write(f"{d['state']:9} {d['datum_id'][:12]} ({inputs}) after "
                       f"{plural(d['attempts'], 'attempt')}: {d['error']}\n")
     return EXIT_OK

@@ -13,6 +13,8 @@ import sys
 import time
 from typing import TextIO
 
+from pfsmount.names import message
+
 PLAIN_PROGRESS_EVERY = 5.0  # seconds between progress lines when not on a terminal
 TTY_REDRAW_EVERY = 0.1  # seconds between redraws of the progress line on a terminal
 
@@ -46,14 +48,16 @@ class Console:
 
     # ----- messages -------------------------------------------------------------------
 
+    # A message may quote a path or value that is not UTF-8: its bytes are shown as \\xff.
+
     def info(self, msg: str) -> None:
-        self._write(self.err, f"pfsmount: {msg}\n")
+        self._write(self.err, f"pfsmount: {message(msg)}\n")
 
     def warn(self, msg: str) -> None:
-        self._write(self.err, f"pfsmount: warning: {msg}\n")
+        self._write(self.err, f"pfsmount: warning: {message(msg)}\n")
 
     def error(self, msg: str) -> None:
-        self._write(self.err, f"pfsmount: error: {msg}\n")
+        self._write(self.err, f"pfsmount: error: {message(msg)}\n")
 
     def user_line(self, stream: str, line: bytes) -> None:
         """One line the user program wrote, passed through to our stdout or stderr."""

@@ -44,6 +44,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from pfsmount.glob import compile_glob, expand_template, template_groups
+from pfsmount.names import FS_ENCODING, FS_ERRORS
 from pfsmount.spec import (
     CrossInput,
     GroupInput,
@@ -121,9 +122,9 @@ def _framed(text: str) -> bytes:
     """One length-suffixed part of an id or hash.
 
     Paths that are not valid UTF-8 come from the listing as surrogate escapes; this hashes
-    their original bytes.
+    their original bytes, as Pachyderm hashes a path's bytes.
     """
-    data = text.encode("utf-8", "surrogateescape")
+    data = text.encode(FS_ENCODING, FS_ERRORS)
     return data + _LENGTH.pack(len(data))
 
 

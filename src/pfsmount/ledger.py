@@ -18,6 +18,7 @@ left, so the output repo ends up holding exactly the outputs the ledger says exi
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -275,13 +276,15 @@ class Ledger:
                               (it.path, datum_id)))
             else:
                 stmts.append(("DELETE FROM outputs WHERE path = ?", (it.path,)))
+            # The staging path holds the data directory's name, which need not be UTF-8
+            # (SQLite text must be): stored as its bytes, read back with os.fsdecode.
             stmts.append(("INSERT INTO intents (datum_id, op, path, source) VALUES (?, ?, ?, ?)",
-                          (datum_id, it.op, it.path, it.source)))
+                          (datum_id, it.op, it.path, os.fsencode(it.source))))
         return stmts
 
     def pending_intents(self) -> list[tuple[int, Intent]]:
-        return [(seq, Intent(op, path, source)) for seq, op, path, source in self._query(
-            "SELECT seq, op, path, source FROM intents ORDER BY seq")]
+        rows = self._query("SELECT seq, op, path, source FROM intents ORDER BY seq")
+        return [(seq, Intent(op, path, os.fsdecode(source))) for seq, op, path, source in rows]
 
     def clear_intents(self, upto: int) -> None:
         self._transaction([("DELETE FROM intents WHERE seq <= ?", (upto,))])

@@ -6,9 +6,11 @@ input, a `cross`, an inner `join`) each input gets its own column headed by its 
 otherwise (`union`, outer joins, `group`) the row lists `name:path` items.
 
 `--json` is for programs: one JSON object per line with the id, the datum hash (what decides
-skipping: content fingerprint of every input and the pipeline salt) and the inputs. Names that
-are not valid UTF-8 appear as `\\udcXX` escapes, which Python's `json` turns back into the
-`surrogateescape` string that `os.fsencode` maps to the original bytes.
+skipping: content fingerprint of every input and the pipeline salt) and the inputs. The JSON
+is valid UTF-8 for every parser. A path (or join/group key) whose bytes are not UTF-8 is
+written with each such byte as U+FFFD, and its exact bytes, base64-encoded, under
+`path_b64` (`join_on_b64`, `group_by_b64`): `base64.b64decode(record["path_b64"])` is the
+name, `names.from_json` the same as a Python string. In the table such bytes show as `\\xff`.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, TextIO
 
 from pfsmount.datums import Datum, DatumInput, datum_hash
+from pfsmount.names import display, json_text
 from pfsmount.spec import PipelineSpec
 from pfsmount.store.local import RepoIndex
 
@@ -57,15 +60,12 @@ def json_record(datum: Datum, repos: Mapping[str, RepoIndex], salt: str) -> dict
 
 
 def _json_input(item: DatumInput) -> dict[str, Any]:
-    return {
-        "name": item.name,
-        "repo": item.repo,
-        "branch": item.branch,
-        "path": item.path,
-        "commit": item.commit,
-        "join_on": item.join_on,
-        "group_by": item.group_by,
-    }
+    record: dict[str, Any] = {"name": item.name, "repo": item.repo, "branch": item.branch}
+    json_text(record, "path", item.path)
+    record["commit"] = item.commit
+    json_text(record, "join_on", item.join_on)
+    json_text(record, "group_by", item.group_by)
+    return record
 
 
 def _json_rows(
@@ -80,10 +80,10 @@ def _table_rows(datums: Sequence[Datum]) -> Any:
     if names is None:
         yield f"DATUM{' ' * (64 - 5)}{_GAP}INPUTS\n"
         for datum in datums:
-            items = _GAP.join(f"{i.name}:{_printable(i.path)}" for i in datum.inputs)
+            items = _GAP.join(f"{i.name}:{display(i.path)}" for i in datum.inputs)
             yield f"{datum.id}{_GAP}{items}\n"
         return
-    cells = [[_printable(i.path) for i in d.inputs] for d in datums]
+    cells = [[display(i.path) for i in d.inputs] for d in datums]
     widths = [max([len(name), *(len(row[c]) for row in cells)]) for c, name in enumerate(names)]
     yield _line(["DATUM".ljust(64), *names], widths)  # the id column is always 64 wide
     for datum, row in zip(datums, cells, strict=True):
@@ -111,10 +111,3 @@ def _common_names(datums: Sequence[Datum]) -> list[str] | None:
             return None
     return first
 
-
-def _printable(path: str) -> str:
-    """`path` on one line of a terminal: undecodable bytes and control characters escaped."""
-    if path.isprintable():
-        return path
-    text = path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)

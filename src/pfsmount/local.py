@@ -61,7 +61,7 @@ async def _serve_connection(stream: trio.SocketStream, loop: DatumLoop) -> None:
             payload = await reader.exactly(length)
             if payload is None or kind not in (ASK_PFSMOUNT, ASK_PACHYDERM):
                 raise DecodeError(f"unknown request kind {kind}")
-            error = NextDatumRequest.decode(payload).error
+            error = NextDatumRequest.decode(payload, exact=True).error
         except DecodeError as exc:
             await stream.send_all(frame(REPLY_REFUSED, f"malformed request: {exc}".encode()))
             return
@@ -76,7 +76,7 @@ async def _serve_connection(stream: trio.SocketStream, loop: DatumLoop) -> None:
         if reply.done and kind == ASK_PACHYDERM:
             # Pachyderm never answers after the last datum; the worker ends the process.
             await trio.sleep_forever()
-        response = NextDatumResponse(reply.env, reply.done, reply.datum_id).encode()
+        response = NextDatumResponse(reply.env, reply.done, reply.datum_id).encode(exact=True)
         await stream.send_all(frame(REPLY_OK, response))
 
 

@@ -65,7 +65,7 @@ class Supervisor:
     async def run(self) -> str:
         """Process every datum; returns "success" when the loop completed, else "failed"."""
         t = self.spec.transform
-        self.loop.configure(self.env, self._run_err_cmd if t.err_cmd else None)
+        self.loop.configure(self.env, self._run_err_cmd if t.err_cmd else None, t.env)
         if not self.loop.records:
             log.info("no datum needs to run; the user code is not started")
             return "success"
@@ -225,7 +225,8 @@ class Supervisor:
             reply = await self.loop.advance(error)
             if reply.done:
                 return "success"
-            env = dict(item.split("=", 1) for item in reply.env)
+            # The datum's variables on top of the inherited environment, as Pachyderm does.
+            env = {**self.env, **dict(item.split("=", 1) for item in reply.env)}
             proc = await self._start(t.cmd, env, t.stdin, self._user_sink)
             with trio.move_on_after(timeout) as scope:
                 code = await proc.wait()

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from pfsmount.datums import Datum
+from pfsmount.names import FS_ENCODING, FS_ERRORS, fsencode
 from pfsmount.store.local import Entry, RepoIndex
 
 DIR_MODE = stat.S_IFDIR | 0o555
@@ -143,7 +144,7 @@ def empty_view(inodes: InodeAllocator) -> View:
 def _add_input(b: _Builder, name: str, path: str, repo: RepoIndex, *, empty_files: bool) -> None:
     root_entry = repo.get("/")
     root_mtime = root_entry.mtime_ns if root_entry else 0
-    key = name.encode()
+    key = fsencode(name)
     top = b.top.get(key)
     if top is None:
         mode = stat.S_IFDIR | (stat.S_IMODE(root_entry.mode) if root_entry else 0o555)
@@ -156,7 +157,7 @@ def _add_input(b: _Builder, name: str, path: str, repo: RepoIndex, *, empty_file
     prefix = ""
     for part in parts[:-1]:
         prefix += "/" + part
-        parent = b.child_dir(parent, part.encode(), repo.get(prefix), root_mtime)
+        parent = b.child_dir(parent, fsencode(part), repo.get(prefix), root_mtime)
 
     subtree = repo.subtree(path)
     _add_subtree(b, top, parts, subtree, repo, empty_files=empty_files)
@@ -184,7 +185,7 @@ def _add_subtree(
         parent = dirs.get(parent_path or "/")
         if parent is None:
             continue  # cannot happen with a sorted listing; skip rather than misplace
-        leaf_b = leaf.encode()
+        leaf_b = leaf.encode(FS_ENCODING, FS_ERRORS)
         if entry.is_dir:
             dirs[entry.path] = b.child_dir(parent, leaf_b, entry, entry.mtime_ns)
             continue
@@ -208,5 +209,5 @@ def _walk_to(b: _Builder, top: int, parts: list[str]) -> int:
     for part in parts:
         children = b.nodes[idx].children
         assert children is not None
-        idx = children[part.encode()]
+        idx = children[fsencode(part)]
     return idx

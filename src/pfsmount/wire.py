@@ -9,6 +9,11 @@ reach the worker over a Unix socket named by `PFSMOUNT_WORKER_SOCKET` when it is
 is one frame each way, with no HTTP/2 and no gRPC threads in between. A frame is a 4-byte
 big-endian length, one kind byte, then the protobuf-encoded message. Pachyderm's own clients
 keep using gRPC on `PPS_WORKER_GRPC_PORT`.
+
+Strings are names and environment values, and those are bytes (`names.py`): on the local
+socket (`exact=True`) they travel as their exact bytes, which need not be UTF-8. On gRPC a
+proto3 `string` must be valid UTF-8 (Pachyderm's Go and Python clients reject anything else),
+so there each byte that is not UTF-8 is sent as U+FFFD, and received strings must be UTF-8.
 """
 
 from __future__ import annotations
@@ -67,8 +72,20 @@ def _encode_tag(field: int, wire_type: int) -> bytes:
     return _encode_varint(field << 3 | wire_type)
 
 
-def _encode_string(field: int, value: str) -> bytes:
-    data = value.encode("utf-8")
+def _utf8(value: str, exact: bool) -> bytes:
+    try:
+        return value.encode("utf-8")
+    except UnicodeEncodeError:
+        pass  # undecodable bytes as surrogate escapes: rare, so handled off the common path
+    try:
+        data = value.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        exact, data = False, value.encode("utf-8", "surrogatepass")  # not from the OS
+    return data if exact else data.decode("utf-8", "replace").encode("utf-8")
+
+
+def _encode_string(field: int, value: str, exact: bool = False) -> bytes:
+    data = _utf8(value, exact)
     return _encode_tag(field, _LENGTH_DELIMITED) + _encode_varint(len(data)) + data
 
 
@@ -151,8 +168,10 @@ def _fields(data: bytes) -> Iterator[_Field]:
         yield field
 
 
-def _as_string(field: _Field) -> str:
+def _as_string(field: _Field, exact: bool = False) -> str:
     assert isinstance(field.value, bytes)
+    if exact:
+        return field.value.decode("utf-8", "surrogateescape")
     try:
         return field.value.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -165,16 +184,16 @@ class NextDatumRequest:
 
     error: str = ""
 
-    def encode(self) -> bytes:
-        return _encode_string(1, self.error) if self.error else b""
+    def encode(self, exact: bool = False) -> bytes:
+        return _encode_string(1, self.error, exact) if self.error else b""
 
     @classmethod
-    def decode(cls, data: bytes) -> NextDatumRequest:
+    def decode(cls, data: bytes, exact: bool = False) -> NextDatumRequest:
         error = ""
         for field in _fields(data):
             # A known field with another wire type is kept as unknown, as protobuf-go does.
             if field.number == 1 and field.wire_type == _LENGTH_DELIMITED:
-                error = _as_string(field)
+                error = _as_string(field, exact)
         return cls(error=error)
 
 
@@ -190,8 +209,8 @@ class NextDatumResponse:
     done: bool = False
     datum_id: str = ""
 
-    def encode(self) -> bytes:
-        parts = [_encode_string(1, item) for item in self.env]
+    def encode(self, exact: bool = False) -> bytes:
+        parts = [_encode_string(1, item, exact) for item in self.env]
         if self.done:
             parts.append(_encode_bool(2, True))
         if self.datum_id:
@@ -199,13 +218,13 @@ class NextDatumResponse:
         return b"".join(parts)
 
     @classmethod
-    def decode(cls, data: bytes) -> NextDatumResponse:
+    def decode(cls, data: bytes, exact: bool = False) -> NextDatumResponse:
         env: list[str] = []
         done = False
         datum_id = ""
         for field in _fields(data):
             if field.number == 1 and field.wire_type == _LENGTH_DELIMITED:
-                env.append(_as_string(field))
+                env.append(_as_string(field, exact))
             elif field.number == 2 and field.wire_type == _VARINT:
                 done = field.value != 0
             elif field.number == 3 and field.wire_type == _LENGTH_DELIMITED:
@@ -247,7 +266,7 @@ class LocalWorker:
                 sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
                 sock.connect(self.path)
                 self._sock = sock
-            self._sock.sendall(frame(kind, NextDatumRequest(error=error).encode()))
+            self._sock.sendall(frame(kind, NextDatumRequest(error=error).encode(exact=True)))
             length, reply = unframe_header(self._recv(_FRAME_HEADER.size))
             payload = self._recv(length)
         except (OSError, DecodeError) as exc:
@@ -255,7 +274,7 @@ class LocalWorker:
             raise LocalCallError(f"pfsmount's worker socket {self.path}: {exc}") from None
         if reply != REPLY_OK:
             raise LocalCallError(payload.decode(errors="replace"))
-        return NextDatumResponse.decode(payload)
+        return NextDatumResponse.decode(payload, exact=True)
 
     def _recv(self, n: int) -> bytes:
         assert self._sock is not None

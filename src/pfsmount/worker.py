@@ -28,6 +28,7 @@ import trio
 from pfsmount.datums import Datum
 from pfsmount.fs import PfsOperations
 from pfsmount.ledger import LedgerError
+from pfsmount.names import env_line, message
 from pfsmount.outdir import OutTree
 from pfsmount.output import OutputConflict, OutputRepo, small_listing
 from pfsmount.protocol import Reply, WorkerGone, WorkerRefused
@@ -38,6 +39,8 @@ log = logging.getLogger(__name__)
 
 # Pachyderm hides this variable from user code; so do we.
 HIDDEN_ENV = frozenset({"POSTGRES_PASSWORD"})
+# Inherited variables that belong to every datum's env (the worker's own, in Pachyderm).
+DATUM_ENV_PREFIXES = ("PPS_", "PACH_")
 
 
 class DatumState(enum.Enum):
@@ -95,39 +98,47 @@ class _Current:
 ErrCmdRunner = Callable[[DatumRecord, Mapping[str, str]], Awaitable[int]]
 
 
+def shared_env(
+    process_env: Mapping[str, str], transform_env: Mapping[str, str]
+) -> list[tuple[str, str]]:
+    """The variables every datum's env starts with: `transform.env`, then `PPS_*`/`PACH_*`.
+
+    Not the whole environment the user code inherits (PACHYDERM.md §4, "pfsmount differs"):
+    the process has that anyway, and a copy in /pfs/.env and in every NextDatum reply would
+    cost every datum and put the launching shell's secrets on a mount.
+    """
+    pairs = [(k, process_env.get(k, v)) for k, v in transform_env.items()]
+    pairs += [(k, v) for k, v in process_env.items()
+              if k.startswith(DATUM_ENV_PREFIXES) and k not in transform_env]
+    return [(k, v) for k, v in pairs if k not in HIDDEN_ENV]
+
+
 def datum_env(
-    datum: Datum, base_env: Mapping[str, str], job_id: str, mountpoint: str
+    datum: Datum, shared: Sequence[tuple[str, str]], job_id: str, mountpoint: str
 ) -> list[tuple[str, str]]:
     """The environment of one datum, in Pachyderm's order (PACHYDERM.md §4)."""
     own = datum.env(mountpoint)
     own += [("PACH_DATUM_ID", datum.id), ("PACH_JOB_ID", job_id),
             ("PACH_OUTPUT_COMMIT_ID", job_id)]
     own_keys = {k for k, _ in own}
-    base = [(k, v) for k, v in base_env.items() if k not in own_keys and k not in HIDDEN_ENV]
-    return base + own
+    return [(k, v) for k, v in shared if k not in own_keys] + own
 
 
-_SAFE_VALUE = re.compile(r"[A-Za-z0-9_@%+=:,./-]*")
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def env_file(env: Sequence[tuple[str, str]], datum_keys: frozenset[str] = frozenset()) -> bytes:
     """/pfs/.env: one KEY=VALUE per line, readable by `source` and by python-dotenv.
 
-    Values are unquoted, as Pachyderm writes them, when that is safe; a value with spaces
-    or shell syntax in it (common in a desktop environment, rare in a pod) is single-quoted
-    so that `source /pfs/.env` neither breaks nor runs it. Inherited variables whose names
-    are not shell identifiers are left out for the same reason; the datum's own variables
-    are always written.
+    Values are quoted only when needed (`names.env_line`): `source /pfs/.env` yields each
+    value's exact bytes and runs none of it. `transform.env` names that are not shell
+    identifiers are left out for the same reason; the datum's own variables (named after
+    the inputs) are always written.
     """
-    lines = []
-    for key, value in env:
-        if key not in datum_keys and not _IDENTIFIER.fullmatch(key):
-            continue
-        if not _SAFE_VALUE.fullmatch(value):
-            value = "'" + value.replace("'", "'\\''") + "'"
-        lines.append(f"{key}={value}\n")
-    return "".join(lines).encode()
+    lines = [env_line(key, value) for key, value in env
+             if key in datum_keys or _IDENTIFIER.fullmatch(key)]
+    # "replace" only for a string that is not even surrogateescape (never from the OS).
+    return "".join(lines).encode("utf-8", "replace")
 
 
 class DatumLoop:
@@ -156,7 +167,9 @@ class DatumLoop:
         self._datum_timeout = datum_timeout
         self._batching = batching
         self._on_progress = on_progress
-        self._base_env: dict[str, str] = {}
+        self._process_env: dict[str, str] = {}  # what the user process inherits
+        self._shared_env: list[tuple[str, str]] = []  # what every datum's env starts with
+        self._shared_keys: frozenset[str] = frozenset()
         self._err_cmd: ErrCmdRunner | None = None
         self._lock = trio.Lock()
         self._pending = collections.deque(self.records)
@@ -172,9 +185,20 @@ class DatumLoop:
         self.deadline: float | None = None  # trio clock time the current attempt times out
         self.changed = trio.Event()  # set (and replaced) whenever the current attempt changes
 
-    def configure(self, base_env: Mapping[str, str], err_cmd: ErrCmdRunner | None) -> None:
-        """The user process's environment (every datum's env starts from it) and err_cmd."""
-        self._base_env = dict(base_env)
+    def configure(
+        self,
+        process_env: Mapping[str, str],
+        err_cmd: ErrCmdRunner | None,
+        transform_env: Mapping[str, str] | None = None,
+    ) -> None:
+        """The user process's environment, the spec's `transform.env`, and err_cmd.
+
+        A datum's env (reply and /pfs/.env) is `shared_env` of these plus the datum's own
+        variables; err_cmd runs with the process environment plus the datum's env.
+        """
+        self._process_env = dict(process_env)
+        self._shared_env = shared_env(process_env, transform_env or {})
+        self._shared_keys = frozenset(k for k, _ in self._shared_env)
         self._err_cmd = err_cmd
 
     # ----- queries --------------------------------------------------------------------
@@ -292,8 +316,8 @@ class DatumLoop:
 
     def _prepare(self, record: DatumRecord) -> _Prepared:
         """Everything a datum needs before it can be shown (blocking: runs in a thread)."""
-        env = datum_env(record.datum, self._base_env, self._output.job_id, self._mountpoint)
-        datum_keys = frozenset(k for k, _ in env if k not in self._base_env)
+        env = datum_env(record.datum, self._shared_env, self._output.job_id, self._mountpoint)
+        datum_keys = frozenset(k for k, _ in env if k not in self._shared_keys)
         view = build_view(record.datum, self._repos, env_file(env, datum_keys), self._fs.inodes)
         out = OutTree(self._output.new_staging(), self._fs.inodes)
         return _Prepared(record, view, out, env)
@@ -390,11 +414,13 @@ class DatumLoop:
 
     async def _failed_attempt(self, cur: _Current, error: str) -> None:
         record = cur.record
+        # An error may quote a name that is not UTF-8; the ledger and logs store text.
+        error = message(error)
         record.error = error
         recovered = False
         if self._err_cmd is not None:
             # The failed datum is still what /pfs shows while err_cmd runs.
-            code = await self._err_cmd(record, dict(cur.env))
+            code = await self._err_cmd(record, {**self._process_env, **dict(cur.env)})
             recovered = code == 0
         self._current = None
         await trio.to_thread.run_sync(self._output.discard, cur.out.staging)
@@ -410,6 +436,7 @@ class DatumLoop:
 
     async def _finish(self, record: DatumRecord, state: DatumState, error: str) -> None:
         """Record a final FAILED or RECOVERED: the datum keeps no output."""
+        error = message(error)
         self._set_state(record, state)
         record.error = error
         if state is DatumState.FAILED:

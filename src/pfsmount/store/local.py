@@ -18,6 +18,8 @@ import struct
 from collections.abc import Sequence
 from typing import NamedTuple
 
+from pfsmount.names import FS_ENCODING, FS_ERRORS
+
 __all__ = ["Entry", "RepoIndex", "StoreError", "open_repo"]
 
 log = logging.getLogger(__name__)
@@ -62,10 +64,6 @@ def _sort_key(path: str) -> str:
     return path.replace("/", "\x00")
 
 
-def _encode(text: str) -> bytes:
-    # Names that are not valid UTF-8 arrive from os.scandir as surrogate escapes; this turns them
-    # back into their original bytes, independent of the locale.
-    return text.encode("utf-8", "surrogateescape")
 
 
 class RepoIndex:
@@ -125,7 +123,8 @@ class RepoIndex:
         h = hashlib.blake2b(digest_size=digest_size)
         update, path_length, record = h.update, _PATH_LENGTH.pack, _ENTRY_RECORD.pack
         for path, mode, size, mtime_ns in entries:
-            name = _encode(path)
+            # A name's own bytes: scandir decoded them as os.fsdecode does.
+            name = path.encode(FS_ENCODING, FS_ERRORS)
             # Length-prefixing each path keeps two different listings from hashing alike.
             update(b"".join((path_length(len(name)), name, record(mode, size, mtime_ns))))
         return h.hexdigest()
