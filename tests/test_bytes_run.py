@@ -268,4 +268,4 @@ def test_an_error_quoting_undecodable_bytes_is_recorded_as_text(tmp_path: Path,
     assert "cannot read \\xff" in result.stderr and "in:/f\\xff" in result.stderr
     shown = subprocess.run([PY, "-m", "pfsmount", "inspect-job", "err", "--data", str(data)],
                            capture_output=True, check=True).stdout
-    assert b"(in:/f\\xff) after 1 attempt(s): cannot read \\xff" in shown
+    assert b"(in:/f\\xff) after 1 attempt: cannot read \\xff" in shown
