@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import stat
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -345,7 +346,10 @@ def _make_private(path: str) -> None:
         except FileNotFoundError:
             continue
         try:
-            os.fchmod(fd, 0o600)  # one made by an older pfsmount was 0644
+            st = os.fstat(fd)
+            # One made by an older pfsmount was 0644; only its owner can (and need) fix it.
+            if stat.S_IMODE(st.st_mode) != 0o600 and st.st_uid == os.geteuid():
+                os.fchmod(fd, 0o600)
         finally:
             os.close(fd)
 
