@@ -133,3 +133,30 @@ def test_a_name_that_is_not_utf8_is_kept_byte_for_byte(tmp_path: Path) -> None:
     # Valid UTF-8 paths stay TEXT, as every ledger has them; only others are BLOBs.
     kinds = dict(reopened._query("SELECT path, typeof(path) FROM outputs"))
     assert kinds == {b"\xff\xfe.txt": "blob", b"dir\xff/x": "blob"}
+
+
+def test_a_file_over_a_directory_no_datum_wrote_fails_that_datum(tmp_path: Path) -> None:
+    repo = _repo(tmp_path)
+    foreign = Path(repo.repo_dir) / "x"
+    foreign.mkdir()
+    (foreign / "keep.txt").write_bytes(b"someone's")
+    _stage(repo, "d", {"x": b"file"})
+    failures = repo.flush()
+    assert [d for d, _ in failures] == ["d"]
+    assert "is a directory holding files no datum wrote" in failures[0][1]
+    assert (foreign / "keep.txt").read_bytes() == b"someone's"
+    assert repo.ledger.all_outputs() == {}
+
+
+def test_an_interrupted_commit_of_a_name_that_is_not_utf8_is_redone(tmp_path: Path) -> None:
+    repo = _repo(tmp_path)
+    name = os.fsdecode(b"sub/\xff.bin")
+    staged = os.path.join(repo.new_staging(), name)
+    os.makedirs(os.path.dirname(staged))
+    Path(staged).write_bytes(b"redo")
+    # As a crash right after the ledger transaction leaves it: logged, not applied.
+    repo.ledger.forget_datums([], [Intent("add", name, staged)])
+    assert Ledger(repo.ledger.path).pending_intents()[0][1] == Intent("add", name, staged)
+    assert repo.recover() == 1
+    assert (Path(repo.repo_dir) / name).read_bytes() == b"redo"
+    assert repo.ledger.pending_intents() == []

@@ -98,9 +98,9 @@ def first_symlink(root: str, parts: Sequence[str]) -> str | None:
 def move_in(src_root: str, src_rel: str, dst_root: str, dst_rel: str) -> bool:
     """Rename `src_root/src_rel` to `dst_root/dst_rel`, making the destination's parents.
 
-    An empty directory at the destination (left by a datum that changed) is replaced; a
-    symlink there is replaced itself, never followed. Returns False when the source is
-    gone (a redo of a rename that already happened).
+    An empty directory at the destination (left by a datum that changed) is replaced, a
+    non-empty one raises `InTheWay`; a symlink there is replaced itself, never followed.
+    Returns False when the source is gone (a redo of a rename that already happened).
     """
     src_parts, dst_parts = split(src_rel), split(dst_rel)
     with ExitStack() as stack:
@@ -116,6 +116,10 @@ def move_in(src_root: str, src_rel: str, dst_root: str, dst_rel: str) -> bool:
                 os.rmdir(name, dir_fd=dfds[-1])
         except FileNotFoundError:
             pass
+        except OSError as exc:
+            if exc.errno == errno.ENOTEMPTY:
+                raise InTheWay(dst_rel) from None
+            raise
         os.rename(src_parts[-1], name, src_dir_fd=sfds[-1], dst_dir_fd=dfds[-1])
     return True
 

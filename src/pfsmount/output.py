@@ -33,6 +33,7 @@ import logging
 import os
 import shutil
 import signal
+import stat
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -282,8 +283,13 @@ class OutputRepo:
         return kept, failures
 
     def _obstacle(self, e: _Ending, seen: dict[tuple[str, ...], str | None]) -> str | None:
-        wanted = [(it.path, tuple(nofollow.split(it.path)[:-1]))
-                  for it in e.intents if it.op == "add"]
+        adds = [it.path for it in e.intents if it.op == "add"]
+        for path in adds:
+            if self._foreign_tree(path):
+                return (f"output path /{printable(path)} cannot be committed: "
+                        f"{os.path.join(self.repo_dir, printable(path))} is a directory holding "
+                        "files no datum wrote (move it out of the output repo, then run again)")
+        wanted = [(path, tuple(nofollow.split(path)[:-1])) for path in adds]
         wanted += [(d, tuple(nofollow.split(d))) for d in e.dirs]
         for path, parts in wanted:
             if not parts:
@@ -354,6 +360,17 @@ class OutputRepo:
                 shutil.rmtree(e.staging, ignore_errors=True)
 
     # ----- internals ------------------------------------------------------------------
+
+    def _foreign_tree(self, path: str) -> bool:
+        """True if a file at `path` would replace a non-empty directory no datum wrote."""
+        try:
+            if not stat.S_ISDIR(os.lstat(os.path.join(self.repo_dir, path)).st_mode):
+                return False
+            empty = not os.listdir(os.path.join(self.repo_dir, path))
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        with self._lock:
+            return not empty and self._outputs().owner(path, below=True) is None
 
     def _outputs(self) -> OutputIndex:
         # Callers hold self._lock.
