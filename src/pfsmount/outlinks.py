@@ -131,9 +131,17 @@ def materialize(staging: str, files: DatumFiles) -> int:
             found = files.resolve(staging, link, os.readlink(link[-1], dir_fd=dir_fd))
             if found is None:
                 continue
+            owner = (st.st_uid, st.st_gid)
+            src = None
+            if found.node.children is None and not stat.S_ISLNK(found.node.mode):
+                src = _open_source(found.repo.source(found.path), owner)
+                if src is None:
+                    continue  # the link's owner may not read it: it stays a link
             os.unlink(link[-1], dir_fd=dir_fd)
-            _place(found.repo, found.path, found.node, files.view, dir_fd, link[-1],
-                   (st.st_uid, st.st_gid))
+            if src is not None:
+                _copy_file(src, stat.S_IMODE(found.node.mode), dir_fd, link[-1], owner)
+            else:
+                _place(found.repo, found.path, found.node, files.view, dir_fd, link[-1], owner)
             replaced += 1
         finally:
             os.close(dir_fd)
@@ -162,20 +170,43 @@ def _place(repo: RepoIndex, path: str, node: Node, view: View, dir_fd: int, name
         if owner != (os.geteuid(), os.getegid()):
             os.chown(name, *owner, dir_fd=dir_fd, follow_symlinks=False)
     else:
-        _copy_file(repo.source(path), stat.S_IMODE(node.mode), dir_fd, name, owner)
+        src = _open_source(repo.source(path), owner)
+        if src is not None:
+            _copy_file(src, stat.S_IMODE(node.mode), dir_fd, name, owner)
 
 
-def _copy_file(source: str, mode: int, dir_fd: int, name: bytes,
-               owner: tuple[int, int]) -> None:
+def _open_source(source: str, owner: tuple[int, int]) -> int | None:
+    """An fd on the input file `source`, or None if the link's owner could not read it.
+
+    The copy is made by root and then given to the link's owner: without this check, user
+    code running as another uid could link a file it may not read and get a copy it owns.
+    Supplementary groups are not known here, so only owner/group/other bits are weighed.
+    """
     src = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    st = os.fstat(src)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(src)
+        raise OSError(errno.EINVAL, f"{source} is no longer a regular file")
+    uid, gid = owner
+    if uid == 0:
+        return src
+    bit = (stat.S_IRUSR if st.st_uid == uid else stat.S_IRGRP if st.st_gid == gid
+           else stat.S_IROTH)
+    if st.st_mode & bit:
+        return src
+    os.close(src)
+    log.warning("%s is not readable by uid %d: a link to it in /pfs/out is not copied",
+                source, uid)
+    return None
+
+
+def _copy_file(src: int, mode: int, dir_fd: int, name: bytes, owner: tuple[int, int]) -> None:
+    """Copy the open input file `src` to a new `name` in `dir_fd`; closes `src`."""
     try:
-        size = os.fstat(src).st_size
-        if not stat.S_ISREG(os.fstat(src).st_mode):
-            raise OSError(errno.EINVAL, f"{source} is no longer a regular file")
         dst = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                       0o600, dir_fd=dir_fd)
         try:
-            _clone(src, dst, size)
+            _clone(src, dst, os.fstat(src).st_size)
             os.fchmod(dst, mode)
             _chown(dst, owner)
         finally:
