@@ -257,7 +257,8 @@ class OutputRepo:
         return failures
 
     def _vet(self, batch: Sequence[_Ending]) -> tuple[list[_Ending], list[tuple[str, str]]]:
-        """Fail the endings whose files would land below a symlink no datum wrote.
+        """Fail the endings whose files would land below a symlink no datum wrote, or
+        replace a directory of files no datum wrote.
 
         Such a symlink (`u -> /tmp/victim`) was put into the output repo by someone else;
         writing through it would put the datum's files outside the data directory. The
@@ -284,11 +285,6 @@ class OutputRepo:
 
     def _obstacle(self, e: _Ending, seen: dict[tuple[str, ...], str | None]) -> str | None:
         adds = [it.path for it in e.intents if it.op == "add"]
-        for path in adds:
-            if self._foreign_tree(path):
-                return (f"output path /{printable(path)} cannot be committed: "
-                        f"{os.path.join(self.repo_dir, printable(path))} is a directory holding "
-                        "files no datum wrote (move it out of the output repo, then run again)")
         wanted = [(path, tuple(nofollow.split(path)[:-1])) for path in adds]
         wanted += [(d, tuple(nofollow.split(d))) for d in e.dirs]
         for path, parts in wanted:
@@ -302,9 +298,14 @@ class OutputRepo:
             link = seen[parts]
             if link is not None:
                 return (f"output path /{printable(path)} cannot be committed: "
-                        f"{os.path.join(self.repo_dir, printable(link))} is a symlink that no "
+                        f"{printable(os.path.join(self.repo_dir, link))} is a symlink that no "
                         "datum wrote, and pfsmount never writes through a symlink in the output "
                         "repo (remove it or move it out of the output repo, then run again)")
+        for path in adds:
+            if self._foreign_tree(path):
+                return (f"output path /{printable(path)} cannot be committed: "
+                        f"{printable(os.path.join(self.repo_dir, path))} is a directory holding "
+                        "files no datum wrote (move it out of the output repo, then run again)")
         return None
 
     def _fail(self, endings: Sequence[_Ending], why: str) -> list[tuple[str, str]]:
@@ -444,7 +445,7 @@ class OutputRepo:
                 log.error("output path /%s was not %s: %s in %s is in the way (a symlink or "
                           "file no datum wrote); remove it and run again",
                           printable(it.path), "removed" if it.op == "del" else "committed",
-                          printable(exc.where), self.repo_dir)
+                          printable(exc.where), printable(self.repo_dir))
 
     def _source(self, source: str) -> tuple[str, str]:
         """(root, relative path) of a staged file: below the staging root, nothing followed."""
@@ -460,7 +461,7 @@ class OutputRepo:
                 nofollow.make_dir(self.repo_dir, rel, mode)
             except nofollow.InTheWay as exc:
                 log.error("directory /%s of the output was not made: %s in %s is in the way",
-                          printable(rel), printable(exc.where), self.repo_dir)
+                          printable(rel), printable(exc.where), printable(self.repo_dir))
 
 
 def _crash_point(name: str) -> None:
