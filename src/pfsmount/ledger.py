@@ -314,7 +314,13 @@ class Ledger:
         By number, never "everything up to": another group commit's intents, logged later
         but not applied yet, must stay until that commit has applied them.
         """
-        if seqs:
+        if not seqs:
+            return
+        low, high = min(seqs), max(seqs)
+        if high - low + 1 == len(set(seqs)):
+            # One transaction's intents are numbered without gaps: one range is exactly them.
+            self._transaction([("DELETE FROM intents WHERE seq BETWEEN ? AND ?", (low, high))])
+        else:
             self._transaction([("DELETE FROM intents WHERE seq = ?", (seq,)) for seq in seqs])
 
 
