@@ -127,8 +127,10 @@ import os
 path = os.environ["in"]
 out = os.fsencode(os.path.dirname(os.path.dirname(path))) + b"/out/"
 text = open(path, "rb").read()
-with open(out + b"\\xff" + os.path.basename(path).encode(), "wb") as f:
+with open(out + b"tmp\\xfd", "wb") as f:
     f.write(text)
+os.rename(out + b"tmp\\xfd", out + b"\\xff" + os.path.basename(path).encode())
+assert os.listdir(out) == [b"\\xff" + os.path.basename(path).encode()]
 os.makedirs(out + b"d\\xfe", exist_ok=True)
 with open(out + b"d\\xfe/" + os.path.basename(path).encode(), "wb") as f:
     f.write(b"deep " + text)
