@@ -94,11 +94,6 @@ def make_workspace(work: str) -> None:
                     os.chmod(entry.path, 0o600)
 
 
-def printable(path: str) -> str:
-    """A path as text for messages: bytes that are not UTF-8 shown as \\xff escapes."""
-    return display(path)
-
-
 @dataclass
 class OutputRepo:
     """One pipeline's output repo, changed one datum at a time through the ledger."""
@@ -157,11 +152,11 @@ class OutputRepo:
 
     def untracked(self) -> list[str]:
         """Files in the output repo that no datum wrote (left alone, but worth a warning),
-        as `printable` text."""
+        as `names.display` text."""
         files, _ = _scan(self.repo_dir)
         with self._lock:
             owned = self._outputs()
-            return [printable(f) for f in files if f not in owned]
+            return [display(f) for f in files if f not in owned]
 
     def register_later(self, rows: Sequence[tuple[str, str, str, str]]) -> None:
         """Register the job's datums (see `Ledger.record_datums`) with the first flush.
@@ -297,14 +292,14 @@ class OutputRepo:
                 seen[parts] = None if tracked else link
             link = seen[parts]
             if link is not None:
-                return (f"output path /{printable(path)} cannot be committed: "
-                        f"{printable(os.path.join(self.repo_dir, link))} is a symlink that no "
+                return (f"output path /{display(path)} cannot be committed: "
+                        f"{display(os.path.join(self.repo_dir, link))} is a symlink that no "
                         "datum wrote, and pfsmount never writes through a symlink in the output "
                         "repo (remove it or move it out of the output repo, then run again)")
         for path in adds:
             if self._foreign_tree(path):
-                return (f"output path /{printable(path)} cannot be committed: "
-                        f"{printable(os.path.join(self.repo_dir, path))} is a directory holding "
+                return (f"output path /{display(path)} cannot be committed: "
+                        f"{display(os.path.join(self.repo_dir, path))} is a directory holding "
                         "files no datum wrote (move it out of the output repo, then run again)")
         return None
 
@@ -392,13 +387,13 @@ class OutputRepo:
                          "symlink (even a symlink to a directory) in one is a directory in the "
                          "other")
                 raise OutputConflict(
-                    f"output path /{printable(path)} {clash}; each output path may come from one "
+                    f"output path /{display(path)} {clash}; each output path may come from one "
                     "datum only (write datum-specific names, e.g. include the input file name)")
         for path in dirs:
             owner = self._owner(path, below=False)
             if owner is not None and owner != datum_id:
                 raise OutputConflict(
-                    f"output path /{printable(path)} is a directory in datum {datum_id} but a "
+                    f"output path /{display(path)} is a directory in datum {datum_id} but a "
                     f"file or symlink in datum {owner} (a symlink is not merged as a directory, "
                     "even one that points to a directory); each output path may come from one "
                     "datum only")
@@ -444,8 +439,8 @@ class OutputRepo:
                 # followed. The ledger lists the file; the output repo cannot hold it.
                 log.error("output path /%s was not %s: %s in %s is in the way (a symlink or "
                           "file no datum wrote); remove it and run again",
-                          printable(it.path), "removed" if it.op == "del" else "committed",
-                          printable(exc.where), printable(self.repo_dir))
+                          display(it.path), "removed" if it.op == "del" else "committed",
+                          display(exc.where), display(self.repo_dir))
 
     def _source(self, source: str) -> tuple[str, str]:
         """(root, relative path) of a staged file: below the staging root, nothing followed."""
@@ -461,7 +456,7 @@ class OutputRepo:
                 nofollow.make_dir(self.repo_dir, rel, mode)
             except nofollow.InTheWay as exc:
                 log.error("directory /%s of the output was not made: %s in %s is in the way",
-                          printable(rel), printable(exc.where), printable(self.repo_dir))
+                          display(rel), display(exc.where), display(self.repo_dir))
 
 
 def _crash_point(name: str) -> None:
