@@ -47,8 +47,12 @@ class JobLog:
         self.lines_path = os.path.join(directory, f"{job_id}.jsonl")
         self._file: TextIO | None = None
         try:
-            os.makedirs(directory, exist_ok=True)
-            self._file = open(self.lines_path, "a", encoding="utf-8")  # noqa: SIM115
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+            # Owner only: user code may print secrets.
+            fd = os.open(self.lines_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+                         | os.O_NOFOLLOW, 0o600)
+            os.fchmod(fd, 0o600)
+            self._file = open(fd, "a", encoding="utf-8")  # noqa: SIM115
         except OSError as exc:
             self._give_up(exc)
 

@@ -13,6 +13,15 @@ Changing the output repo is a redo log: the intended file operations of a datum 
 state are written in one transaction *before* any file moves; the operations are then
 applied and the intent deleted. After a crash at any instant, `recover()` re-applies what is
 left, so the output repo ends up holding exactly the outputs the ledger says exist.
+
+Output paths are names the user code chose, so they are bytes on Linux and may not be UTF-8.
+In memory they are `str` with surrogateescape (what `os.fsdecode` gives); in the `outputs` and
+`intents` tables a path that is valid UTF-8 is TEXT, as it always was, and any other is stored
+as a BLOB of its raw bytes (`_db_path`). SQLite keeps a BLOB as it is in a TEXT column, and the
+choice depends only on the path, so one path always has one stored form: no migration needed.
+
+The database and its -wal/-shm files are readable by their owner only (SQLite gives the
+-wal/-shm the main file's mode): they hold names and error messages from the user code.
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import stat
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -93,6 +103,10 @@ class Ledger:
     def __init__(self, path: str) -> None:
         self.path = path
         try:
+            _make_private(path)
+        except OSError as exc:
+            raise LedgerError(f"ledger {path} cannot be opened: {exc.strerror}") from None
+        try:
             self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             # FULL: a commit that returned is on disk, which the redo log relies on.
@@ -120,13 +134,15 @@ class Ledger:
                 # A ledger cut short (a copy, a full disk) opens fine and fails on first read.
                 raise LedgerError(_describe(exc, self.path)) from None
 
-    def _transaction(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> None:
+    def _transaction(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> list[int]:
+        """Run `statements` in one transaction; returns each statement's lastrowid."""
         with self._lock:
             try:
                 self._db.execute("BEGIN IMMEDIATE")
-                for sql, args in statements:
-                    self._db.execute(sql, tuple(args))
+                rowids = [self._db.execute(sql, tuple(args)).lastrowid or 0
+                          for sql, args in statements]
                 self._db.execute("COMMIT")
+                return rowids
             except sqlite3.Error as exc:
                 if self._db.in_transaction:
                     self._db.execute("ROLLBACK")
@@ -233,14 +249,18 @@ class Ledger:
                 raise LedgerError(_describe(exc, self.path)) from None
 
     def outputs_of(self, datum_id: str) -> list[str]:
-        return [r[0] for r in self._query(
-            "SELECT path FROM outputs WHERE datum_id = ? ORDER BY path", (datum_id,))]
+        return sorted(_py_path(r[0]) for r in self._query(
+            "SELECT path FROM outputs WHERE datum_id = ?", (datum_id,)))
 
     def all_outputs(self) -> dict[str, str]:
-        return dict(self._query("SELECT path, datum_id FROM outputs"))
+        return {_py_path(path): datum_id
+                for path, datum_id in self._query("SELECT path, datum_id FROM outputs")}
 
-    def finish_datums(self, job_id: str, endings: Sequence[DatumEnding]) -> None:
-        """One transaction for a group of datums: new states, output files, and the redo log."""
+    def finish_datums(self, job_id: str, endings: Sequence[DatumEnding]) -> list[int]:
+        """One transaction for a group of datums: new states, output files, and the redo log.
+
+        Returns the sequence numbers of the intents it logged, for `clear_intents`.
+        """
         stmts: list[tuple[str, Sequence[Any]]] = []
         now = time.time()
         for e in endings:
@@ -256,38 +276,88 @@ class Ledger:
                  (e.datum_id, e.datum_hash, e.state, job_id)),
             ]
             stmts += self._intent_statements(e.datum_id, e.intents)
-        self._transaction(stmts)
+        return _intent_seqs(stmts, self._transaction(stmts))
 
-    def forget_datums(self, datum_ids: Sequence[str], intents: Sequence[Intent]) -> None:
-        """Datums that no longer exist: drop them, and log the removal of their outputs."""
+    def forget_datums(self, datum_ids: Sequence[str], intents: Sequence[Intent]) -> list[int]:
+        """Datums that no longer exist: drop them, and log the removal of their outputs.
+
+        Returns the sequence numbers of the intents it logged, for `clear_intents`.
+        """
         stmts: list[tuple[str, Sequence[Any]]] = [
             ("DELETE FROM datums WHERE datum_id = ?", (d,)) for d in datum_ids]
         stmts += self._intent_statements("", intents)
-        self._transaction(stmts)
+        return _intent_seqs(stmts, self._transaction(stmts))
 
     @staticmethod
     def _intent_statements(datum_id: str, intents: Sequence[Intent]
                            ) -> list[tuple[str, Sequence[Any]]]:
         stmts: list[tuple[str, Sequence[Any]]] = []
         for it in intents:
+            path = _db_path(it.path)
             if it.op == "add":
                 stmts.append(("INSERT INTO outputs (path, datum_id) VALUES (?, ?) "
                               "ON CONFLICT(path) DO UPDATE SET datum_id = excluded.datum_id",
-                              (it.path, datum_id)))
+                              (path, datum_id)))
             else:
-                stmts.append(("DELETE FROM outputs WHERE path = ?", (it.path,)))
-            # The staging path holds the data directory's name, which need not be UTF-8
-            # (SQLite text must be): stored as its bytes, read back with os.fsdecode.
-            stmts.append(("INSERT INTO intents (datum_id, op, path, source) VALUES (?, ?, ?, ?)",
-                          (datum_id, it.op, it.path, os.fsencode(it.source))))
+                stmts.append(("DELETE FROM outputs WHERE path = ?", (path,)))
+            stmts.append((_INSERT_INTENT, (datum_id, it.op, path, _db_path(it.source))))
         return stmts
 
     def pending_intents(self) -> list[tuple[int, Intent]]:
-        rows = self._query("SELECT seq, op, path, source FROM intents ORDER BY seq")
-        return [(seq, Intent(op, path, os.fsdecode(source))) for seq, op, path, source in rows]
+        return [(seq, Intent(op, _py_path(path), _py_path(source)))
+                for seq, op, path, source in self._query(
+                    "SELECT seq, op, path, source FROM intents ORDER BY seq")]
 
-    def clear_intents(self, upto: int) -> None:
-        self._transaction([("DELETE FROM intents WHERE seq <= ?", (upto,))])
+    def clear_intents(self, seqs: Sequence[int]) -> None:
+        """Delete the intents numbered `seqs` (applied and synced by their owner).
+
+        By number, never "everything up to": another group commit's intents, logged later
+        but not applied yet, must stay until that commit has applied them.
+        """
+        if not seqs:
+            return
+        low, high = min(seqs), max(seqs)
+        if high - low + 1 == len(set(seqs)):
+            # One transaction's intents are numbered without gaps: one range is exactly them.
+            self._transaction([("DELETE FROM intents WHERE seq BETWEEN ? AND ?", (low, high))])
+        else:
+            self._transaction([("DELETE FROM intents WHERE seq = ?", (seq,)) for seq in seqs])
+
+
+_INSERT_INTENT = "INSERT INTO intents (datum_id, op, path, source) VALUES (?, ?, ?, ?)"
+
+
+def _intent_seqs(stmts: Sequence[tuple[str, Sequence[Any]]], rowids: Sequence[int]) -> list[int]:
+    return [rowid for (sql, _), rowid in zip(stmts, rowids, strict=True) if sql is _INSERT_INTENT]
+
+
+def _db_path(path: str) -> str | bytes:
+    """How a path is stored: TEXT when it is UTF-8, else a BLOB of its raw bytes."""
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return os.fsencode(path)
+    return path
+
+
+def _py_path(value: str | bytes) -> str:
+    return os.fsdecode(value) if isinstance(value, bytes) else value
+
+
+def _make_private(path: str) -> None:
+    """Create the database (if new) and any -wal/-shm readable by the owner only."""
+    for name, flags in ((path, os.O_CREAT), (path + "-wal", 0), (path + "-shm", 0)):
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | flags, 0o600)
+        except FileNotFoundError:
+            continue
+        try:
+            st = os.fstat(fd)
+            # One made by an older pfsmount was 0644; only its owner can (and need) fix it.
+            if stat.S_IMODE(st.st_mode) != 0o600 and st.st_uid == os.geteuid():
+                os.fchmod(fd, 0o600)
+        finally:
+            os.close(fd)
 
 
 def _describe(exc: sqlite3.Error, path: str) -> str:

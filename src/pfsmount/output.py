@@ -15,23 +15,34 @@ copy), synced, and the intent is cleared. `recover()` finishes whatever a crash 
 Endings are group-committed: NextDatum only checks conflicts and queues the datum, and a
 committer flushes the queue every few tens of milliseconds (and at the end of the job), so
 one pair of syncs and one transaction serve many datums. A crash loses at most the queued
-datums, which the resumed job simply runs again.
+datums, which the resumed job simply runs again. Group commits run one at a time (a
+crash between two of them must leave each one's intents in the log until it applied them).
+
+Nothing in the output repo is followed: files are placed, directories made and old outputs
+removed relative to directory fds opened with O_NOFOLLOW (`nofollow`), and an ending whose
+files would land below a symlink no datum wrote fails, naming it.
+
+The workspace `DATA/.pfsmount/<pipeline>` and the staging directories are private (0700):
+they hold what user code wrote, which may be private, until it is committed. Committed files
+keep the modes the user code gave them.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import shutil
 import signal
+import stat
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import pyfuse3
 
+from pfsmount import nofollow
 from pfsmount.ledger import DatumEnding, Intent, Ledger, LedgerError
+from pfsmount.names import display
 from pfsmount.ownership import OutputIndex
 
 log = logging.getLogger(__name__)
@@ -65,6 +76,24 @@ def work_dir(data_dir: str, pipeline: str) -> str:
     return os.path.join(data_dir, WORK_DIR, pipeline)
 
 
+def make_workspace(work: str) -> None:
+    """Create the pipeline's workspace readable by its owner only, tightening an old one.
+
+    The ledger, the job logs and the staging directories below it hold what user code
+    wrote and printed; older pfsmount versions made them 0755/0644.
+    """
+    os.makedirs(os.path.dirname(work), mode=0o700, exist_ok=True)
+    os.makedirs(work, mode=0o700, exist_ok=True)
+    os.chmod(work, 0o700)
+    logs = os.path.join(work, "logs")
+    if os.path.isdir(logs) and not os.path.islink(logs):
+        os.chmod(logs, 0o700)
+        with os.scandir(logs) as entries:
+            for entry in entries:
+                if entry.is_file(follow_symlinks=False):
+                    os.chmod(entry.path, 0o600)
+
+
 @dataclass
 class OutputRepo:
     """One pipeline's output repo, changed one datum at a time through the ledger."""
@@ -77,6 +106,7 @@ class OutputRepo:
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
+        self._flush_lock = threading.Lock()  # one group commit at a time, in queue order
         self._batch: list[_Ending] = []
         self._unregistered: Sequence[tuple[str, str, str, str]] | None = None
         self._index: OutputIndex | None = None  # loaded from the ledger when first needed
@@ -97,13 +127,13 @@ class OutputRepo:
             return 0
         self._apply([intent for _, intent in pending])
         pyfuse3.syncfs(self.repo_dir)
-        self.ledger.clear_intents(pending[-1][0])
+        self.ledger.clear_intents([seq for seq, _ in pending])
         return len(pending)
 
     def clear_staging(self) -> None:
         """Remove attempts' staging left by an earlier run (after `recover`, never before)."""
         shutil.rmtree(self.staging_root, ignore_errors=True)
-        os.makedirs(self.staging_root, exist_ok=True)
+        os.makedirs(self.staging_root, mode=0o700, exist_ok=True)
 
     def forget_missing(self, datum_ids: set[str]) -> int:
         """Remove the outputs of datums that no longer exist; returns how many datums."""
@@ -111,8 +141,7 @@ class OutputRepo:
         if not gone:
             return 0
         intents = [Intent("del", path) for d in gone for path in self.ledger.outputs_of(d)]
-        self.ledger.forget_datums(gone, intents)
-        self._settle(intents)
+        self._settle(intents, self.ledger.forget_datums(gone, intents))
         self._index = None
         return len(gone)
 
@@ -122,11 +151,12 @@ class OutputRepo:
             self._outputs()
 
     def untracked(self) -> list[str]:
-        """Files in the output repo that no datum wrote (left alone, but worth a warning)."""
+        """Files in the output repo that no datum wrote (left alone, but worth a warning),
+        as `names.display` text."""
         files, _ = _scan(self.repo_dir)
         with self._lock:
             owned = self._outputs()
-            return [f for f in files if f not in owned]
+            return [display(f) for f in files if f not in owned]
 
     def register_later(self, rows: Sequence[tuple[str, str, str, str]]) -> None:
         """Register the job's datums (see `Ledger.record_datums`) with the first flush.
@@ -145,7 +175,7 @@ class OutputRepo:
         """A fresh, empty directory for one datum attempt's /pfs/out."""
         self._attempts += 1
         path = os.path.join(self.staging_root, str(self._attempts))
-        os.mkdir(path, 0o755)
+        os.mkdir(path, 0o700)
         return path
 
     def discard(self, staging: str) -> None:
@@ -189,7 +219,13 @@ class OutputRepo:
 
         One sync and one ledger transaction cover the whole group. If the group cannot be
         committed (a full disk, say), each ending is tried alone so only the culprits fail.
+        Flushes from several threads (the committer, the end of the job) run one after the
+        other, so groups reach the output repo in the order their endings were queued.
         """
+        with self._flush_lock:
+            return self._flush()
+
+    def _flush(self) -> list[tuple[str, str]]:
         with self._lock:
             batch, self._batch = self._batch, []
             rows, self._unregistered = self._unregistered, None
@@ -202,17 +238,70 @@ class OutputRepo:
                 return self._fail(batch, f"could not register the job's datums: {exc}")
         if not batch:
             return []
-        failures: list[tuple[str, str]] = []
+        vetted, failures = self._vet(batch)
         try:
-            self._commit(batch)
+            self._commit(vetted)
         except _NotRecorded:
-            for ending in batch:
+            for ending in vetted:
                 try:
                     self._commit([ending])
                 except _NotRecorded as exc:
                     failures += self._fail([ending], str(exc))
         self._unclaim(batch)
+        self._unclaim(vetted)
         return failures
+
+    def _vet(self, batch: Sequence[_Ending]) -> tuple[list[_Ending], list[tuple[str, str]]]:
+        """Fail the endings whose files would land below a symlink no datum wrote, or
+        replace a directory of files no datum wrote.
+
+        Such a symlink (`u -> /tmp/victim`) was put into the output repo by someone else;
+        writing through it would put the datum's files outside the data directory. The
+        datum fails (its output is dropped, its earlier outputs go, as for any failure)
+        with a message naming the symlink. Checked here, in the committer thread, right
+        before the ledger promises the files; `_apply` refuses to follow one regardless.
+        """
+        kept: list[_Ending] = []
+        failures: list[tuple[str, str]] = []
+        seen: dict[tuple[str, ...], str | None] = {}
+        for e in batch:
+            problem = self._obstacle(e, seen) if e.staging else None
+            if problem is None:
+                kept.append(e)
+                continue
+            if e.staging:
+                self.discard(e.staging)
+            with self._lock:
+                dels = [Intent("del", p) for p in self._outputs().outputs_of(e.datum_id)]
+            kept.append(_Ending(e.datum_id, "failed", e.attempts, e.seconds, problem, dels, [],
+                                None))
+            failures.append((e.datum_id, problem))
+        return kept, failures
+
+    def _obstacle(self, e: _Ending, seen: dict[tuple[str, ...], str | None]) -> str | None:
+        adds = [it.path for it in e.intents if it.op == "add"]
+        wanted = [(path, tuple(nofollow.split(path)[:-1])) for path in adds]
+        wanted += [(d, tuple(nofollow.split(d))) for d in e.dirs]
+        for path, parts in wanted:
+            if not parts:
+                continue
+            if parts not in seen:
+                link = nofollow.first_symlink(self.repo_dir, parts)
+                with self._lock:
+                    tracked = link is not None and link in self._outputs()
+                seen[parts] = None if tracked else link
+            link = seen[parts]
+            if link is not None:
+                return (f"output path /{display(path)} cannot be committed: "
+                        f"{display(os.path.join(self.repo_dir, link))} is a symlink that no "
+                        "datum wrote, and pfsmount never writes through a symlink in the output "
+                        "repo (remove it or move it out of the output repo, then run again)")
+        for path in adds:
+            if self._foreign_tree(path):
+                return (f"output path /{display(path)} cannot be committed: "
+                        f"{display(os.path.join(self.repo_dir, path))} is a directory holding "
+                        "files no datum wrote (move it out of the output repo, then run again)")
+        return None
 
     def _fail(self, endings: Sequence[_Ending], why: str) -> list[tuple[str, str]]:
         """Give up on endings that could not be committed: their output is dropped."""
@@ -242,7 +331,7 @@ class OutputRepo:
             # The staged bytes must be on disk before the ledger promises them.
             pyfuse3.syncfs(self.staging_root)
             _crash_point("before-ledger")
-            self.ledger.finish_datums(self.job_id, [
+            seqs = self.ledger.finish_datums(self.job_id, [
                 DatumEnding(e.datum_id, self._hash(e.datum_id), e.state, e.attempts, e.seconds,
                             e.error, e.intents) for e in batch])
         except (OSError, LedgerError) as exc:
@@ -260,13 +349,24 @@ class OutputRepo:
         # recover() at the next start, never rolled back.
         for e in batch:
             if e.staging:
-                _make_dirs(e.staging, self.repo_dir, e.dirs)
-        self._settle([it for e in batch for it in e.intents])
+                self._make_dirs(e.staging, e.dirs)
+        self._settle([it for e in batch for it in e.intents], seqs)
         for e in batch:
             if e.staging:
                 shutil.rmtree(e.staging, ignore_errors=True)
 
     # ----- internals ------------------------------------------------------------------
+
+    def _foreign_tree(self, path: str) -> bool:
+        """True if a file at `path` would replace a non-empty directory no datum wrote."""
+        try:
+            if not stat.S_ISDIR(os.lstat(os.path.join(self.repo_dir, path)).st_mode):
+                return False
+            empty = not os.listdir(os.path.join(self.repo_dir, path))
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        with self._lock:
+            return not empty and self._outputs().owner(path, below=True) is None
 
     def _outputs(self) -> OutputIndex:
         # Callers hold self._lock.
@@ -287,15 +387,15 @@ class OutputRepo:
                          "symlink (even a symlink to a directory) in one is a directory in the "
                          "other")
                 raise OutputConflict(
-                    f"output path /{path} {clash}; each output path may come from one datum "
-                    "only (write datum-specific names, e.g. include the input file name)")
+                    f"output path /{display(path)} {clash}; each output path may come from one "
+                    "datum only (write datum-specific names, e.g. include the input file name)")
         for path in dirs:
             owner = self._owner(path, below=False)
             if owner is not None and owner != datum_id:
                 raise OutputConflict(
-                    f"output path /{path} is a directory in datum {datum_id} but a file or "
-                    f"symlink in datum {owner} (a symlink is not merged as a directory, even "
-                    "one that points to a directory); each output path may come from one "
+                    f"output path /{display(path)} is a directory in datum {datum_id} but a "
+                    f"file or symlink in datum {owner} (a symlink is not merged as a directory, "
+                    "even one that points to a directory); each output path may come from one "
                     "datum only")
 
     def _owner(self, path: str, *, below: bool) -> str | None:
@@ -315,31 +415,48 @@ class OutputRepo:
             return None  # its owner's queued ending deletes it
         return owner
 
-    def _settle(self, intents: Sequence[Intent]) -> None:
-        """Apply logged operations, make them durable, and clear the log."""
+    def _settle(self, intents: Sequence[Intent], seqs: Sequence[int]) -> None:
+        """Apply logged operations, make them durable, and clear them (`seqs`) from the log."""
         if not intents:
             return
         self._apply(intents)
         pyfuse3.syncfs(self.repo_dir)
-        pending = self.ledger.pending_intents()
-        if pending:
-            self.ledger.clear_intents(pending[-1][0])
+        self.ledger.clear_intents(seqs)
 
     def _apply(self, intents: Sequence[Intent]) -> None:
         # Every operation is idempotent, so a redo after a crash can replay them all.
         for n, it in enumerate(intents):
             if n == 1:
                 _crash_point("mid-apply")
-            target = os.path.join(self.repo_dir, it.path)
-            if it.op == "del":
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(target)
-                _prune_empty(os.path.dirname(target), self.repo_dir)
-            elif os.path.lexists(it.source):
-                os.makedirs(os.path.dirname(target), exist_ok=True)
-                if os.path.isdir(target) and not os.path.islink(target):
-                    os.rmdir(target)  # an empty directory left by a datum that changed
-                os.replace(it.source, target)
+            try:
+                if it.op == "del":
+                    nofollow.remove(self.repo_dir, it.path)
+                else:
+                    src_root, src_rel = self._source(it.source)
+                    nofollow.move_in(src_root, src_rel, self.repo_dir, it.path)
+            except nofollow.InTheWay as exc:
+                # Put there after `_vet` looked (or before a crash's redo): still never
+                # followed. The ledger lists the file; the output repo cannot hold it.
+                log.error("output path /%s was not %s: %s in %s is in the way (a symlink or "
+                          "file no datum wrote); remove it and run again",
+                          display(it.path), "removed" if it.op == "del" else "committed",
+                          display(exc.where), display(self.repo_dir))
+
+    def _source(self, source: str) -> tuple[str, str]:
+        """(root, relative path) of a staged file: below the staging root, nothing followed."""
+        prefix = self.staging_root + os.sep
+        if source.startswith(prefix):
+            return self.staging_root, source[len(prefix):]
+        return os.path.dirname(source), os.path.basename(source)
+
+    def _make_dirs(self, staging: str, dirs: Sequence[str]) -> None:
+        for rel in dirs:
+            mode = os.lstat(os.path.join(staging, rel)).st_mode & 0o7777
+            try:
+                nofollow.make_dir(self.repo_dir, rel, mode)
+            except nofollow.InTheWay as exc:
+                log.error("directory /%s of the output was not made: %s in %s is in the way",
+                          display(rel), display(exc.where), display(self.repo_dir))
 
 
 def _crash_point(name: str) -> None:
@@ -357,7 +474,9 @@ def small_listing(staging: str, limit: int = 64) -> tuple[list[str], list[str]] 
     files: list[str] = []
     with os.scandir(staging) as it:
         for entry in it:
-            if len(files) == limit or entry.is_dir(follow_symlinks=False):
+            # A symlink may have to become its target's content (`outlinks`): not here.
+            if (len(files) == limit or entry.is_dir(follow_symlinks=False)
+                    or entry.is_symlink()):
                 return None
             files.append(entry.name)
     files.sort()
@@ -376,22 +495,3 @@ def _scan(root: str) -> tuple[list[str], list[str]]:
             (files if os.path.islink(os.path.join(dirpath, d)) else dirs).append(prefix + d)
         files.extend(prefix + f for f in sorted(filenames))
     return files, dirs
-
-
-def _make_dirs(staging: str, repo: str, dirs: Sequence[str]) -> None:
-    for rel in dirs:
-        target = os.path.join(repo, rel)
-        os.makedirs(target, exist_ok=True)
-        os.chmod(target, os.lstat(os.path.join(staging, rel)).st_mode & 0o7777)
-
-
-def _prune_empty(directory: str, stop: str) -> None:
-    """Remove directories left empty by deleted outputs, up to (not including) `stop`."""
-    stop = os.path.abspath(stop)
-    directory = os.path.abspath(directory)
-    while directory.startswith(stop + os.sep):
-        try:
-            os.rmdir(directory)
-        except OSError:
-            return
-        directory = os.path.dirname(directory)

@@ -37,7 +37,7 @@ from pfsmount.ledger import Ledger, LedgerError
 from pfsmount.local import serve_local
 from pfsmount.memory import bulk_allocation
 from pfsmount.notify import KernelNotifier
-from pfsmount.output import OutputRepo, work_dir
+from pfsmount.output import OutputRepo, make_workspace, work_dir
 from pfsmount.preflight import StartError, check_mountpoint_outside, check_port, check_program
 from pfsmount.protocol import WorkerServer
 from pfsmount.spec import PipelineSpec
@@ -213,9 +213,10 @@ class Plan:
 
 def lock_pipeline(work: str, pipeline: str) -> int:
     """Hold the pipeline's lock for this process's life; two runs would corrupt each other."""
-    os.makedirs(work, exist_ok=True)
+    make_workspace(work)
     path = os.path.join(work, "lock")
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    os.fchmod(fd, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

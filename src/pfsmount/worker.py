@@ -30,6 +30,7 @@ from pfsmount.fs import PfsOperations
 from pfsmount.ledger import LedgerError
 from pfsmount.names import env_line, message
 from pfsmount.outdir import OutTree
+from pfsmount.outlinks import DatumFiles, materialize
 from pfsmount.output import OutputConflict, OutputRepo, small_listing
 from pfsmount.protocol import Reply, WorkerGone, WorkerRefused
 from pfsmount.store.local import RepoIndex
@@ -385,7 +386,7 @@ class DatumLoop:
         record.seconds += time.monotonic() - record.started
         if not error:
             try:
-                record.output_files = await self._stage_success(record, cur.out.staging)
+                record.output_files = await self._stage_success(record, cur)
             except OutputConflict as exc:
                 # Deterministic: another try would write the same path again.
                 self._current = None
@@ -402,15 +403,23 @@ class DatumLoop:
                 return
         await self._failed_attempt(cur, error)
 
-    async def _stage_success(self, record: DatumRecord, staging: str) -> int:
+    async def _stage_success(self, record: DatumRecord, cur: _Current) -> int:
         # A few files in one directory (the usual datum) are staged right here: a thread
-        # hop would cost more than the work. Anything bigger is listed in a thread.
+        # hop would cost more than the work. Anything bigger, or with symlinks that may
+        # point into an input (`outlinks`), is handled in a thread.
+        staging = cur.out.staging
         stage = functools.partial(self._output.stage_success, record.datum.id, staging,
                                   attempts=record.attempts, seconds=record.seconds)
         listing = small_listing(staging)
         if listing is not None:
             return stage(listing=listing)
-        return await trio.to_thread.run_sync(stage)
+        files = DatumFiles(cur.view, self._repos, self._mountpoint)
+
+        def links_then_stage() -> int:
+            materialize(staging, files)
+            return stage()
+
+        return await trio.to_thread.run_sync(links_then_stage)
 
     async def _failed_attempt(self, cur: _Current, error: str) -> None:
         record = cur.record
