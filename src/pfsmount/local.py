@@ -91,6 +91,9 @@ async def serve_local(
                 peers.check_unix(stream.socket)  # type: ignore[arg-type]
             except PeerRefused as exc:
                 log.warning("%s", exc)
+                # Take the request first, so the caller reads why instead of a broken pipe.
+                with trio.move_on_after(1.0):
+                    await stream.receive_some(65536)
                 await stream.send_all(frame(REPLY_REFUSED, str(exc).encode()))
                 return
             await _serve_connection(stream, loop)
