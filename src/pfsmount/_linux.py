@@ -37,6 +37,8 @@ class _OpenHow(ctypes.Structure):
 
 _syscall = _libc.syscall
 _syscall.restype = ctypes.c_long
+_HOW_SIZE = ctypes.sizeof(_OpenHow)
+_HOWS: dict[int, _OpenHow] = {}  # open flags -> their open_how, built once (open is hot)
 _has_openat2 = True
 
 
@@ -49,9 +51,10 @@ def open_beneath(dir_fd: int, path: str, flags: int) -> int:
     """
     global _has_openat2
     if _has_openat2:
-        how = _OpenHow(flags | os.O_NOFOLLOW, 0, _RESOLVE)
-        fd = _syscall(_SYS_OPENAT2, dir_fd, os.fsencode(path), ctypes.byref(how),
-                      ctypes.sizeof(how))
+        how = _HOWS.get(flags)
+        if how is None:
+            how = _HOWS[flags] = _OpenHow(flags | os.O_NOFOLLOW, 0, _RESOLVE)
+        fd = _syscall(_SYS_OPENAT2, dir_fd, os.fsencode(path), ctypes.byref(how), _HOW_SIZE)
         if fd >= 0:
             return fd
         err = ctypes.get_errno()
