@@ -238,6 +238,7 @@ def _list_tree(repo: str, root: str, entries: list[Entry]) -> None:
     add = entries.append
     pending = [("", root)]
     is_dir, is_reg, is_lnk = stat.S_ISDIR, stat.S_ISREG, stat.S_ISLNK
+    last_dev = -1
     while pending:
         prefix, directory = pending.pop()
         for item in _list_dir(repo, directory):
@@ -256,7 +257,11 @@ def _list_tree(repo: str, root: str, entries: list[Entry]) -> None:
                             repo, item.path)
                 continue
             link = _read_link(item.path) if is_lnk(mode) else ""
-            add(Entry(path, mode, st.st_size, st.st_mtime_ns, st.st_uid, st.st_gid, st.st_dev,
+            dev = st.st_dev
+            if dev == last_dev:
+                dev = last_dev  # one int object for the repo's device, not one per entry
+            last_dev = dev
+            add(Entry(path, mode, st.st_size, st.st_mtime_ns, st.st_uid, st.st_gid, dev,
                       st.st_ino, link))
 
 
