@@ -110,7 +110,7 @@ def _well_formed_first_frame(data: bytes) -> bool:
         length, kind = unframe_header(data[:5])
         if kind not in (0, 1) or len(data) < 5 + length:
             return False
-        NextDatumRequest.decode(data[5:5 + length])
+        NextDatumRequest.decode(data[5:5 + length], exact=True)
     except (DecodeError, struct.error):
         return False
     return True

@@ -115,7 +115,7 @@ def _start_waiting_job(tmp_path: Path, mnt: Path) -> tuple[subprocess.Popen[str]
 def _finish_job(proc: subprocess.Popen[str], tmp_path: Path, data: Path, mnt: Path) -> str:
     (tmp_path / "ctl" / "go").touch()
     result = finish(proc, mnt)
-    assert result.returncode == 0, result
+    assert result.returncode == 0, str(result)
     assert read_tree(data / "copy") == {k: v.encode() for k, v in FILES.items()}
     states = datum_states(data, "copy")
     assert states == {f"/{name}": ("success", 1) for name in FILES}, states
@@ -208,7 +208,7 @@ def test_input_files_keep_their_owner_and_mode(tmp_path: Path, shared_mnt: Path)
         "owners", {"pfs": {"repo": "in", "glob": "/"}}, [sys.executable, str(script)],
         env={"MNT": str(shared_mnt)}))
     result = finish(start_pfsmount(spec, data, shared_mnt), shared_mnt)
-    assert result.returncode == 0, result
+    assert result.returncode == 0, str(result)
     (seen,) = [json.loads(v) for v in read_tree(data / "owners").values()]
     assert seen["in/a"] == [1234, 5678, oct(stat.S_IFDIR | 0o750)]
     assert seen["in/a/b.txt"] == [4321, 8765, oct(stat.S_IFREG | 0o640)]
@@ -256,7 +256,7 @@ def test_symlinks_swapped_in_after_the_listing_are_not_followed(
         "swap", {"pfs": {"repo": "in", "glob": "/"}}, [sys.executable, str(script)],
         env={"MNT": str(shared_mnt), "REPO": str(data / "in"), "SECRET": str(secret)}))
     result = finish(start_pfsmount(spec, data, shared_mnt), shared_mnt)
-    assert result.returncode == 0, result
+    assert result.returncode == 0, str(result)
     seen = json.loads((data / "swap" / "seen.json").read_text())
     assert seen == {"file.txt": "EIO", "dir/inner.txt": "EIO", "keep.txt": "untouched\n",
                     # The listed symlink stays what the listing saw, resolved inside /pfs.

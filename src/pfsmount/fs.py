@@ -485,7 +485,7 @@ class PfsOperations(pyfuse3.Operations):
                 repo, entry = node.origin
                 fd = repo.open_file(entry)
                 self.stats.content_opens += 1
-                self.stats.files_opened.add(node.source)
+                self.stats.files_opened.add(repo.source(entry.path))
                 handle = Handle(fd=fd, view=view)
             fh = self._new_handle(handle)
             if inode not in view.opened:
