@@ -216,7 +216,10 @@ class PfsOperations(pyfuse3.Operations):
         a.st_size = node.size
         a.st_blocks = (node.size + 511) // 512
         a.st_blksize = 128 * 1024
-        a.st_uid, a.st_gid = self._uid, self._gid
+        # Input files and directories keep their real owner (with their real mode, the
+        # kernel's default_permissions check then applies to them as on the disk).
+        a.st_uid = node.uid if node.uid >= 0 else self._uid
+        a.st_gid = node.gid if node.gid >= 0 else self._gid
         a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = node.mtime_ns
         a.attr_timeout = VIEW_TIMEOUT
         # A root entry's name moves to another datum at the next swap.
@@ -352,9 +355,9 @@ class PfsOperations(pyfuse3.Operations):
         view = self._view_of(inode)
         if view is not None:
             node = view.node(inode)
-            if node.source is None or not stat.S_ISLNK(node.mode):
+            if node.data is None or not stat.S_ISLNK(node.mode):
                 raise pyfuse3.FUSEError(errno.EINVAL)
-            return os.fsencode(os.readlink(node.source))
+            return node.data
         tree = self._out_of(inode)
         if tree is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
@@ -478,10 +481,11 @@ class PfsOperations(pyfuse3.Operations):
             if node.data is not None:
                 handle = Handle(data=node.data, view=view)
             else:
-                assert node.source is not None
-                fd = os.open(node.source, os.O_RDONLY | os.O_CLOEXEC)
+                assert node.origin is not None
+                repo, entry = node.origin
+                fd = repo.open_file(entry)
                 self.stats.content_opens += 1
-                self.stats.files_opened.add(node.source)
+                self.stats.files_opened.add(repo.source(entry.path))
                 handle = Handle(fd=fd, view=view)
             fh = self._new_handle(handle)
             if inode not in view.opened:

@@ -2,15 +2,22 @@
 
 A call here runs `DatumLoop.next_datum` directly on the trio thread: no HTTP/2, and no hop
 from a gRPC thread into trio and back, which is most of what a NextDatum costs over gRPC.
+
+Only the job's user code may call: the socket lives in a directory no one else can enter
+(0700, owned by pfsmount), and each connection's peer credentials are checked once, when it
+is accepted (`JobPeers.check_unix`).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import socket
+import stat
 
 import trio
 
+from pfsmount.peers import JobPeers, PeerRefused
 from pfsmount.protocol import WorkerGone, WorkerRefused
 from pfsmount.wire import (
     ASK_PACHYDERM,
@@ -28,19 +35,67 @@ from pfsmount.worker import DatumLoop
 
 log = logging.getLogger(__name__)
 
+# A frame's payload follows its header at once; a caller that stops half-way is cut off.
+FRAME_TIMEOUT = 10.0
+
+
+class SocketDirError(OSError):
+    """The worker socket's directory is reachable by others; the message names it and the fix."""
+
+
+def private_dir(directory: str) -> None:
+    """Make sure `directory` exists and only pfsmount's uid can enter it (or say why not).
+
+    Created 0700 when missing. An existing one is never loosened or tightened behind the
+    user's back: if others can enter it, or it is a symlink or someone else's, it is refused.
+    """
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    st = os.lstat(directory)
+    problem = ""
+    if not stat.S_ISDIR(st.st_mode):
+        problem = "is not a directory (a symlink?)"
+    elif st.st_uid != os.geteuid():
+        problem = f"belongs to uid {st.st_uid}, not to pfsmount (uid {os.geteuid()})"
+    elif st.st_mode & 0o077:
+        problem = f"has mode {stat.S_IMODE(st.st_mode):04o}, so other users can reach it"
+    if problem:
+        raise SocketDirError(
+            f"the worker socket's directory {directory} {problem}; it must be a directory of "
+            "pfsmount's own user with mode 0700 (remove it and let pfsmount create it)"
+        )
+
 
 async def serve_local(
-    path: str, loop: DatumLoop, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    path: str,
+    loop: DatumLoop,
+    peers: JobPeers | None = None,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Answer NextDatum calls on the Unix socket `path` until cancelled."""
+    """Answer NextDatum calls on the Unix socket `path` until cancelled.
+
+    Callers are checked against `peers` (default: this process's uid only).
+    """
+    peers = peers if peers is not None else JobPeers()
+    private_dir(os.path.dirname(os.path.abspath(path)))
     sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     await sock.bind(path)
+    os.chmod(path, 0o600)
     sock.listen(64)
     listener = trio.SocketListener(sock)
     task_status.started()
 
     async def connection(stream: trio.SocketStream) -> None:
         try:
+            try:
+                peers.check_unix(stream.socket)  # type: ignore[arg-type]
+            except PeerRefused as exc:
+                log.warning("%s", exc)
+                # Take the request first, so the caller reads why instead of a broken pipe.
+                with trio.move_on_after(1.0):
+                    await stream.receive_some(65536)
+                await stream.send_all(frame(REPLY_REFUSED, str(exc).encode()))
+                return
             await _serve_connection(stream, loop)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass  # the client went away
@@ -58,9 +113,13 @@ async def _serve_connection(stream: trio.SocketStream, loop: DatumLoop) -> None:
             return
         try:
             length, kind = unframe_header(header)
-            payload = await reader.exactly(length)
-            if payload is None or kind not in (ASK_PFSMOUNT, ASK_PACHYDERM):
+            if kind not in (ASK_PFSMOUNT, ASK_PACHYDERM):
                 raise DecodeError(f"unknown request kind {kind}")
+            payload = None
+            with trio.move_on_after(FRAME_TIMEOUT):
+                payload = await reader.exactly(length)
+            if payload is None:
+                raise DecodeError(f"the rest of a {length}-byte frame never came")
             error = NextDatumRequest.decode(payload, exact=True).error
         except DecodeError as exc:
             await stream.send_all(frame(REPLY_REFUSED, f"malformed request: {exc}".encode()))

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import grpc
 
+from pfsmount.peers import JobPeers, PeerRefused
 from pfsmount.wire import DecodeError, NextDatumRequest, NextDatumResponse
 
 logger = logging.getLogger(__name__)
@@ -84,7 +85,11 @@ Called on a gRPC thread. ``own_client`` is False for Pachyderm's method, True fo
 
 
 class WorkerServer:
-    """The gRPC server user code talks to: both NextDatum methods, on loopback only."""
+    """The gRPC server user code talks to: both NextDatum methods, on loopback only.
+
+    Every call is checked against `peers` (by default: callers of this process's uid only);
+    anyone else gets PERMISSION_DENIED.
+    """
 
     def __init__(
         self,
@@ -92,6 +97,7 @@ class WorkerServer:
         port: int = 0,
         host: str = "127.0.0.1",
         max_workers: int = 16,
+        peers: JobPeers | None = None,
     ) -> None:
         if not _is_loopback(host):
             raise ValueError(
@@ -100,6 +106,7 @@ class WorkerServer:
             )
         self._next_datum = next_datum
         self._port = port
+        self._peers = peers if peers is not None else JobPeers()
         self._host = host
         self._max_workers = max_workers
         self._server: grpc.Server | None = None
@@ -124,6 +131,7 @@ class WorkerServer:
             self._bind_ipv6_loopback(server, port)
         server.start()
         self._server = server
+        self._port = port
         logger.info("worker protocol listening on %s:%d", self._host, port)
         return port
 
@@ -204,6 +212,11 @@ class WorkerServer:
         return NextDatumResponse(reply.env).encode()
 
     def _call(self, request: bytes, context: grpc.ServicerContext, own_client: bool) -> Reply:
+        try:
+            self._peers.check_tcp(context.peer(), self._port, self._host)
+        except PeerRefused as exc:
+            logger.warning("%s", exc)
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
         try:
             error = NextDatumRequest.decode(request).error
         except DecodeError as exc:

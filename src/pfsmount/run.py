@@ -34,10 +34,11 @@ from pfsmount.datums import Datum, datum_hash
 from pfsmount.fs import PfsOperations
 from pfsmount.joblog import JobLog
 from pfsmount.ledger import Ledger, LedgerError
-from pfsmount.local import serve_local
+from pfsmount.local import SocketDirError, private_dir, serve_local
 from pfsmount.memory import bulk_allocation
 from pfsmount.notify import KernelNotifier
 from pfsmount.output import OutputRepo, make_workspace, work_dir
+from pfsmount.peers import JobPeers
 from pfsmount.preflight import StartError, check_mountpoint_outside, check_port, check_program
 from pfsmount.protocol import WorkerServer
 from pfsmount.spec import PipelineSpec
@@ -161,12 +162,16 @@ def _clear_stale_mount(path: str) -> None:
 
 
 def mount_options() -> set[str]:
+    """FUSE options for /pfs: only pfsmount's own uid, which the user code runs as, may enter.
+
+    Without `allow_other` the kernel refuses every other uid at the mount itself, so no other
+    user of the machine can list /pfs, read `.env` or read input files. Hook for
+    `transform.user` (not honoured yet): user code running as another uid needs
+    `allow_other` *and* a root that admits that uid alone (owner = that uid, mode 0700),
+    plus that uid in `JobPeers`.
+    """
     # auto_unmount: fusermount3 stays behind and unmounts if we die, even by SIGKILL.
-    opts = {"fsname=pfsmount", "subtype=pfsmount", "default_permissions", "auto_unmount"}
-    if os.geteuid() == 0:
-        # Lets user code that drops privileges still see /pfs.
-        opts.add("allow_other")
-    return opts
+    return {"fsname=pfsmount", "subtype=pfsmount", "default_permissions", "auto_unmount"}
 
 
 # ----- the user program's environment ----------------------------------------------------
@@ -458,15 +463,24 @@ async def _serve(
     """Run the user code against the datum loop; returns the outcome, the restarts and
     what stopped a killed job ("SIGINT", "SIGTERM", "job_timeout"; else "")."""
     token = trio.lowlevel.current_trio_token()
-    server = WorkerServer(Bridge(loop, token), port=opts.port)
+    # Only the user code may drive the datums. It runs as pfsmount's own uid today; a
+    # `transform.user` would pass its uid here (and mount with allow_other, see mount_options).
+    peers = JobPeers(uid=os.getuid())
+    server = WorkerServer(Bridge(loop, token), port=opts.port, peers=peers)
     try:
         port = server.start()
     except OSError as exc:
         raise RunError(exc.strerror or str(exc)) from None
     env = user_env(spec, port, bin_dir)
     env[LOCAL_SOCKET_ENV] = os.path.join(bin_dir, "worker.sock")
+    try:
+        private_dir(os.path.dirname(env[LOCAL_SOCKET_ENV]))
+    except SocketDirError as exc:
+        server.stop(grace=0)
+        raise RunError(str(exc)) from None
     sup = Supervisor(loop, spec, console, joblog, env, workdir=opts.workdir,
                      stop_grace=opts.stop_grace, exit_grace=opts.exit_grace, problems=problems)
+    peers.follow(sup.live_pids)
     console.start_progress(len(loop.records))
     interrupted: list[str] = []
     outcome = "killed"
@@ -474,7 +488,7 @@ async def _serve(
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_watch_signals, nursery.cancel_scope, interrupted)
-            await nursery.start(serve_local, env[LOCAL_SOCKET_ENV], loop)
+            await nursery.start(serve_local, env[LOCAL_SOCKET_ENV], loop, peers)
             with trio.move_on_after(spec.job_timeout or math.inf) as job_scope:
                 outcome = await sup.run()
             if job_scope.cancelled_caught:

@@ -84,6 +84,10 @@ class Supervisor:
                             await trio.sleep(0.01)
                     nursery.cancel_scope.cancel()
 
+    def live_pids(self) -> list[int]:
+        """The root pids of the user code's live process trees (read from gRPC threads too)."""
+        return [proc.pid for proc in list(self._live)]
+
     async def stop_all(self) -> None:
         """Stop every process this supervisor started that may still run."""
         for proc in list(self._live):

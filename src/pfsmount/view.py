@@ -19,7 +19,8 @@ from pfsmount.names import FS_ENCODING, FS_ERRORS, fsencode
 from pfsmount.store.local import Entry, RepoIndex
 
 DIR_MODE = stat.S_IFDIR | 0o555
-ENV_MODE = stat.S_IFREG | 0o444
+# The datum's environment can hold secrets (`transform.env`): readable by its owner only.
+ENV_MODE = stat.S_IFREG | 0o400
 
 
 class InodeAllocator:
@@ -48,10 +49,12 @@ class Node:
     mode: int
     size: int
     mtime_ns: int
-    source: str | None = None  # where a file's bytes (or a symlink's target) live
-    data: bytes | None = None  # content held in memory (/pfs/.env)
+    origin: tuple[RepoIndex, Entry] | None = None  # a repo file: opened with repo.open_file
+    data: bytes | None = None  # content held in memory (/pfs/.env; a symlink's target)
     children: dict[bytes, int] | None = None  # directories only: name -> inode
     nlink: int = 1
+    uid: int = -1  # the owner shown; -1: pfsmount's own
+    gid: int = -1
 
     @property
     def is_dir(self) -> bool:
@@ -107,7 +110,8 @@ class _Builder:
             return existing
         mode = stat.S_IFDIR | (stat.S_IMODE(entry.mode) if entry else 0o555)
         mtime = entry.mtime_ns if entry else fallback_mtime
-        idx = self.add(Node(mode=mode, size=0, mtime_ns=mtime, children={}, nlink=2))
+        idx = self.add(Node(mode=mode, size=0, mtime_ns=mtime, children={}, nlink=2,
+                            uid=entry.uid if entry else -1, gid=entry.gid if entry else -1))
         children[name] = idx
         self.nodes[parent].nlink += 1
         return idx
@@ -148,7 +152,9 @@ def _add_input(b: _Builder, name: str, path: str, repo: RepoIndex, *, empty_file
     top = b.top.get(key)
     if top is None:
         mode = stat.S_IFDIR | (stat.S_IMODE(root_entry.mode) if root_entry else 0o555)
-        top = b.add(Node(mode=mode, size=0, mtime_ns=root_mtime, children={}, nlink=2))
+        top = b.add(Node(mode=mode, size=0, mtime_ns=root_mtime, children={}, nlink=2,
+                         uid=root_entry.uid if root_entry else -1,
+                         gid=root_entry.gid if root_entry else -1))
         b.top[key] = top
 
     # Intermediate directories of the matched path keep their real metadata.
@@ -194,13 +200,15 @@ def _add_subtree(
         if leaf_b in children:
             continue  # the same path matched twice (group inputs): keep the first
         if entry.is_symlink:
+            # Answered from the listing: pfsmount never reads or follows the link itself.
             node = Node(mode=entry.mode, size=entry.size, mtime_ns=entry.mtime_ns,
-                        source=repo.source(entry.path))
+                        data=fsencode(entry.link), uid=entry.uid, gid=entry.gid)
         elif empty_files:
-            node = Node(mode=entry.mode, size=0, mtime_ns=entry.mtime_ns, data=b"")
+            node = Node(mode=entry.mode, size=0, mtime_ns=entry.mtime_ns, data=b"",
+                        uid=entry.uid, gid=entry.gid)
         else:
             node = Node(mode=entry.mode, size=entry.size, mtime_ns=entry.mtime_ns,
-                        source=repo.source(entry.path))
+                        origin=(repo, entry), uid=entry.uid, gid=entry.gid)
         children[leaf_b] = b.add(node)
 
 

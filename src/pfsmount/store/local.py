@@ -2,13 +2,16 @@
 
 A `RepoIndex` is one listing of such a directory, taken once and never refreshed, so every datum
 of a job sees the same repo state — the local stand-in for a Pachyderm input commit. Listing
-reads metadata only (lstat, no symlink following); file content is read later, lazily, by
-whoever opens `source(path)`.
+reads metadata only (lstat, no symlink following); file content is read later, lazily, through
+`open_file`, which never follows a symlink below the repo's root and checks that what it opened
+is the very file the listing saw (device, inode, type): a file or directory swapped for a
+symlink after the listing cannot make /pfs show bytes from elsewhere.
 """
 
 from __future__ import annotations
 
 import bisect
+import errno
 import hashlib
 import logging
 import os
@@ -18,6 +21,7 @@ import struct
 from collections.abc import Sequence
 from typing import NamedTuple
 
+from pfsmount import _linux
 from pfsmount.names import FS_ENCODING, FS_ERRORS
 
 __all__ = ["Entry", "RepoIndex", "StoreError", "open_repo"]
@@ -44,6 +48,11 @@ class Entry(NamedTuple):
     mode: int
     size: int
     mtime_ns: int
+    uid: int = 0  # the owner /pfs shows
+    gid: int = 0
+    dev: int = 0  # what an open must find at `path` (see RepoIndex.open_file)
+    ino: int = 0
+    link: str = ""  # a symlink's target, read once when listed
 
     @property
     def is_dir(self) -> bool:
@@ -69,10 +78,12 @@ def _sort_key(path: str) -> str:
 class RepoIndex:
     """An immutable listing of one repo directory, with O(1) lookup and O(log n) subtrees."""
 
-    def __init__(self, name: str, root: str, entries: list[Entry]) -> None:
+    def __init__(self, name: str, root: str, entries: list[Entry], root_fd: int = -1) -> None:
         entries.sort(key=lambda e: _sort_key(e.path))
         self.name = name
         self.root = root
+        # The repo directory as listed, held open: every input is opened beneath it.
+        self._root_fd = root_fd
         self.entries: Sequence[Entry] = tuple(entries)
         self._keys = [_sort_key(e.path) for e in self.entries]
         self._by_path = {e.path: e for e in self.entries}
@@ -103,6 +114,44 @@ class RepoIndex:
         relative = path.lstrip("/")
         return os.path.join(self.root, relative) if relative else self.root
 
+    def open_file(self, entry: Entry) -> int:
+        """Open the listed regular file `entry` read-only, never through a symlink.
+
+        The path is resolved beneath the repo root without following any link; the file
+        found must be the one listed (device, inode, type). Anything else (a file or a
+        parent directory replaced since the listing) is EIO, with a warning naming the path.
+        """
+        root_fd = self._root_fd if self._root_fd >= 0 else self._open_root()
+        relative = entry.path.lstrip("/")
+        try:
+            fd = _linux.open_beneath(root_fd, relative, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.EXDEV, errno.ENOTDIR):
+                raise self._swapped(entry, "a symlink or a file is now in the way") from None
+            raise
+        st = os.fstat(fd)
+        if (st.st_ino, st.st_dev) != (entry.ino, entry.dev) or not stat.S_ISREG(st.st_mode):
+            os.close(fd)
+            raise self._swapped(entry, "it is not the file that was listed")
+        return fd
+
+    def _swapped(self, entry: Entry, why: str) -> OSError:
+        path = os.path.join(self.root, entry.path.lstrip("/"))
+        log.warning("repo %s: refusing to read %s: %s (changed after the repo was listed; "
+                    "it reads as an I/O error)", self.name, path, why)
+        return OSError(errno.EIO, f"{path} changed after the repo was listed")
+
+    def _open_root(self) -> int:
+        fd = os.open(self.root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        st = os.fstat(fd)
+        listed = self._by_path.get("/")
+        if listed is not None and listed.ino and (st.st_ino, st.st_dev) != (listed.ino,
+                                                                             listed.dev):
+            os.close(fd)
+            raise self._swapped(listed, "the repo directory was replaced")
+        self._root_fd = fd
+        return fd
+
     def content_fingerprint(self, path: str) -> str:
         """A cheap fingerprint of a subtree's content (paths, modes, sizes, mtimes).
 
@@ -122,7 +171,7 @@ class RepoIndex:
     def _digest(entries: Sequence[Entry], digest_size: int) -> str:
         h = hashlib.blake2b(digest_size=digest_size)
         update, path_length, record = h.update, _PATH_LENGTH.pack, _ENTRY_RECORD.pack
-        for path, mode, size, mtime_ns in entries:
+        for path, mode, size, mtime_ns, _uid, _gid, _dev, _ino, _link in entries:
             # A name's own bytes: scandir decoded them as os.fsdecode does.
             name = path.encode(FS_ENCODING, FS_ERRORS)
             # Length-prefixing each path keeps two different listings from hashing alike.
@@ -134,13 +183,14 @@ def open_repo(data_dir: str, repo: str) -> RepoIndex:
     """List `data_dir/repo` once and return its index; raise `StoreError` if it is unusable."""
     root = os.path.abspath(os.path.join(data_dir, repo))
     _check_repo_dir(repo, root)
-    entries = _walk(repo, root)
+    root_fd, entries = _walk(repo, root)
     if not any(not e.is_dir for e in entries):
+        os.close(root_fd)
         raise StoreError(
             f"repo {repo!r} is empty: {root} contains no files (Pachyderm runs no job on an "
             f"empty input commit; add the input files under {root})"
         )
-    index = RepoIndex(repo, root, entries)
+    index = RepoIndex(repo, root, entries, root_fd)
     log.debug("listed repo %s: %d entries, commit %s", repo, len(index.entries), index.commit)
     return index
 
@@ -163,17 +213,32 @@ def _check_repo_dir(repo: str, root: str) -> None:
         )
 
 
-def _walk(repo: str, root: str) -> list[Entry]:
-    """lstat every entry under `root` with one scandir per directory, no recursion."""
+def _walk(repo: str, root: str) -> tuple[int, list[Entry]]:
+    """lstat every entry under `root` with one scandir per directory, no recursion.
+
+    Returns the repo directory, held open (files are later opened beneath it), and the entries.
+    """
     try:
         # The repo directory itself may be a symlink to the real data; follow it at the top only.
-        st = os.stat(root)
+        root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        st = os.fstat(root_fd)
     except OSError as exc:
-        raise StoreError(f"repo {repo!r}: cannot stat {root}: {exc.strerror}") from None
-    entries = [Entry("/", st.st_mode, st.st_size, st.st_mtime_ns)]
+        raise StoreError(f"repo {repo!r}: cannot open {root}: {exc.strerror}") from None
+    entries = [Entry("/", st.st_mode, st.st_size, st.st_mtime_ns, st.st_uid, st.st_gid,
+                     st.st_dev, st.st_ino)]
+    try:
+        _list_tree(repo, root, entries)
+    except BaseException:
+        os.close(root_fd)
+        raise
+    return root_fd, entries
+
+
+def _list_tree(repo: str, root: str, entries: list[Entry]) -> None:
     add = entries.append
     pending = [("", root)]
     is_dir, is_reg, is_lnk = stat.S_ISDIR, stat.S_ISREG, stat.S_ISLNK
+    last_dev = -1
     while pending:
         prefix, directory = pending.pop()
         for item in _list_dir(repo, directory):
@@ -191,8 +256,21 @@ def _walk(repo: str, root: str) -> list[Entry]:
                 log.warning("repo %s: skipping %s: not a regular file, directory or symlink",
                             repo, item.path)
                 continue
-            add(Entry(path, mode, st.st_size, st.st_mtime_ns))
-    return entries
+            link = _read_link(item.path) if is_lnk(mode) else ""
+            dev = st.st_dev
+            if dev == last_dev:
+                dev = last_dev  # one int object for the repo's device, not one per entry
+            last_dev = dev
+            add(Entry(path, mode, st.st_size, st.st_mtime_ns, st.st_uid, st.st_gid, dev,
+                      st.st_ino, link))
+
+
+def _read_link(path: str) -> str:
+    # Read once, now: /pfs answers readlink from the listing, never from the disk later.
+    try:
+        return os.readlink(path)
+    except OSError:
+        return ""
 
 
 def _list_dir(repo: str, directory: str) -> list[os.DirEntry[str]]:
