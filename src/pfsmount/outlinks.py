@@ -12,10 +12,10 @@ view, what the user code saw under /pfs, is still at hand. A link's target is re
 the kernel would have resolved it in the user code's /pfs, step by step, but against
 pfsmount's own structures and never by following a path on the host: `/pfs/out/...` against
 the staging directory (lstat, readlink), `/pfs/<input>/...` against the view's nodes (a
-symlink of the input is read from the repo store and resolved the same way). The bytes come
-from the repo store's file of the listed entry (`RepoIndex.source`), so an input shown with
-`empty_files` still gives its full content; that file is opened with O_NOFOLLOW and must be
-a regular file.
+symlink of the input has the target recorded when it was listed, resolved the same way). The bytes come
+from the listed entry, opened as /pfs opens it (`RepoIndex.open_file`), so an input shown with
+`empty_files` still gives its full content: beneath the repo root, never through a symlink,
+and only while it is still the file that was listed.
 
 The copy is a reflink (FICLONE) where the file system can share the blocks, else a kernel
 copy. Never a hard link: it would share the inode with the input repo, so rewriting the
@@ -134,7 +134,7 @@ def materialize(staging: str, files: DatumFiles) -> int:
             owner = (st.st_uid, st.st_gid)
             src = None
             if found.node.children is None and not stat.S_ISLNK(found.node.mode):
-                src = _open_source(found.repo.source(found.path), owner)
+                src = _open_source(found.repo, found.path, owner)
                 if src is None:
                     continue  # the link's owner may not read it: it stays a link
             os.unlink(link[-1], dir_fd=dir_fd)
@@ -166,27 +166,30 @@ def _place(repo: RepoIndex, path: str, node: Node, view: View, dir_fd: int, name
             os.close(fd)
     elif stat.S_ISLNK(node.mode):
         # A link inside a linked directory is copied as the link it is.
-        os.symlink(os.readlink(repo.source(path)), name, dir_fd=dir_fd)
+        os.symlink(_link_target(repo, path), name, dir_fd=dir_fd)
         if owner != (os.geteuid(), os.getegid()):
             os.chown(name, *owner, dir_fd=dir_fd, follow_symlinks=False)
     else:
-        src = _open_source(repo.source(path), owner)
+        src = _open_source(repo, path, owner)
         if src is not None:
             _copy_file(src, stat.S_IMODE(node.mode), dir_fd, name, owner)
 
 
-def _open_source(source: str, owner: tuple[int, int]) -> int | None:
+def _open_source(repo: RepoIndex, path: str, owner: tuple[int, int]) -> int | None:
     """An fd on the input file `source`, or None if the link's owner could not read it.
 
     The copy is made by root and then given to the link's owner: without this check, user
     code running as another uid could link a file it may not read and get a copy it owns.
     Supplementary groups are not known here, so only owner/group/other bits are weighed.
     """
-    src = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    entry = repo.get(path)
+    source = repo.source(path)
+    if entry is None or not entry.is_file:
+        raise OSError(errno.EINVAL, f"{source} is not a listed regular file")
+    # Opened as /pfs reads it: beneath the repo root, never through a symlink, and only
+    # if it is still the file that was listed.
+    src = repo.open_file(entry)
     st = os.fstat(src)
-    if not stat.S_ISREG(st.st_mode):
-        os.close(src)
-        raise OSError(errno.EINVAL, f"{source} is no longer a regular file")
     uid, gid = owner
     if uid == 0:
         return src
@@ -260,12 +263,17 @@ def _kind(node: Node | None) -> tuple[str | None, bytes | None]:
         return None, None
     if node.children is not None:
         return "dir", None
-    if stat.S_ISLNK(node.mode) and node.source is not None:
-        try:
-            return "link", os.readlink(os.fsencode(node.source))
-        except OSError:
-            return None, None
+    if stat.S_ISLNK(node.mode):
+        # The target as listed: the same one /pfs showed the user code.
+        return ("link", node.data) if node.data is not None else (None, None)
     return "file", None
+
+
+def _link_target(repo: RepoIndex, path: str) -> bytes:
+    entry = repo.get(path)
+    if entry is None or not entry.is_symlink:
+        raise OSError(errno.EINVAL, f"{repo.source(path)} is not a listed symlink")
+    return os.fsencode(entry.link)
 
 
 def _symlinks(root: bytes) -> Iterator[list[bytes]]:
