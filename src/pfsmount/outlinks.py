@@ -12,10 +12,10 @@ view, what the user code saw under /pfs, is still at hand. A link's target is re
 the kernel would have resolved it in the user code's /pfs, step by step, but against
 pfsmount's own structures and never by following a path on the host: `/pfs/out/...` against
 the staging directory (lstat, readlink), `/pfs/<input>/...` against the view's nodes (a
-symlink of the input has the target recorded when it was listed, resolved the same way). The bytes come
-from the listed entry, opened as /pfs opens it (`RepoIndex.open_file`), so an input shown with
-`empty_files` still gives its full content: beneath the repo root, never through a symlink,
-and only while it is still the file that was listed.
+symlink of the input has the target recorded when it was listed, resolved the same way).
+The bytes come from the listed entry, opened as /pfs opens it (`RepoIndex.open_file`:
+beneath the repo root, never through a symlink, and only while it is still the file that
+was listed), so an input shown with `empty_files` still gives its full content.
 
 The copy is a reflink (FICLONE) where the file system can share the blocks, else a kernel
 copy. Never a hard link: it would share the inode with the input repo, so rewriting the
