@@ -1,8 +1,10 @@
 """Starting, watching and stopping the user's program and its whole process group.
 
 The program runs under `reaper.py`, which leads a process group of its own and takes the
-group down if pfsmount dies without a chance to clean up. Its stdout and stderr come back
-through pipes, line by line, so pfsmount can show them without tearing its progress line.
+group down if pfsmount dies without a chance to clean up: it watches a pipe whose write end
+only this process holds (the "lifeline"), so pfsmount's death, however it happens, is EOF.
+Its stdout and stderr come back through pipes, line by line, so pfsmount can show them
+without tearing its progress line.
 """
 
 from __future__ import annotations
@@ -66,6 +68,22 @@ class UserProcess:
             await self.process.wait()
 
 
+_lifeline_fds: tuple[int, int] | None = None
+
+
+def lifeline() -> int:
+    """The read end of the pipe whose EOF tells every reaper that pfsmount is gone.
+
+    The write end stays open, in this process only, until the process ends: `os.pipe` makes
+    both ends close-on-exec, so no program pfsmount starts inherits it, and each reaper gets
+    the read end explicitly.
+    """
+    global _lifeline_fds
+    if _lifeline_fds is None:
+        _lifeline_fds = os.pipe()
+    return _lifeline_fds[0]
+
+
 def _signal(pid: int, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, sig)
@@ -85,8 +103,10 @@ async def start(
     sink: LineSink,
 ) -> UserProcess:
     """Start `cmd`; its output is pumped to `sink` by tasks in `nursery`."""
+    watch = lifeline()
     proc = await trio.lowlevel.open_process(
-        [sys.executable, "-S", REAPER, *cmd],
+        [sys.executable, "-S", REAPER, "--lifeline", str(watch), "--", *cmd],
+        pass_fds=(watch,),
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
