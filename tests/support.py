@@ -93,7 +93,9 @@ def start_pfsmount(
         # A private mount namespace lets the test use the real /pfs path without
         # touching the host's /pfs; the mount dies with the namespace.
         cmd = ["unshare", "--mount", "--propagation", "private", *cmd]
-    full_env = {**os.environ, **(env or {})}
+    # `python3` in a cmd is the user's: for these tests, one with pfsmount's dependencies.
+    path = os.pathsep.join([os.path.dirname(PY), os.environ.get("PATH", os.defpath)])
+    full_env = {**os.environ, "PATH": path, **(env or {})}
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True, env=full_env)
 

@@ -1,15 +1,23 @@
-"""Process-group leader that guarantees user code dies with pfsmount.
+"""The process between pfsmount and user code: nothing the user code starts outlives it.
 
-pfsmount starts user code as `python -S reaper.py --lifeline FD -- CMD...`. This process
-leads the user code's process group and watches two things at once: CMD (through a pidfd)
-and the read end FD of a pipe whose write end only pfsmount holds. The pipe reaches EOF when
-the pfsmount *process* is gone, however it died (even by SIGKILL, which it cannot catch), and
-then the whole group is killed at once: with /pfs gone, a program that lived on could write
-into the bare mountpoint directory. (The kernel's parent-death signal is no substitute: it
-fires when the *thread* that forked us exits, and pfsmount starts us from a worker thread
-that trio retires after 10 s idle.)
+pfsmount starts user code as `python -S reaper.py --lifeline FD [--pidns] [--tmp DIR] --
+CMD...`. This process leads the user code's process group and watches two things at once:
+its child (through a pidfd) and the read end FD of a pipe whose write end only pfsmount holds.
+The pipe reaches EOF when the pfsmount *process* is gone, however it died (even by SIGKILL,
+which it cannot catch), and then everything is killed at once: with /pfs gone, a program
+that lived on could write into the bare mountpoint directory. (The kernel's parent-death
+signal is no substitute: it fires when the *thread* that forked us exits, and pfsmount starts
+us from a worker thread that trio retires after 10 s idle.)
 
-When pfsmount stops it in an orderly way (SIGTERM), the group gets SIGTERM, a grace period,
+With `--pidns` (pfsmount checked that it may create namespaces) the reaper unshares a PID and
+a mount namespace and forks an init, pid 1 of the new PID namespace, which runs CMD. When that
+init dies the kernel kills every process in the namespace, however it detached (`setsid`,
+double fork, `nohup`). Inside, / is made a recursive slave (unmounts outside still reach in),
+a fresh /proc shows only the namespace's processes, and `--tmp DIR` is bind-mounted over /tmp.
+Without `--pidns` the process group, plus orphans adopted as a child subreaper, is what can
+be reached.
+
+An orderly stop (SIGTERM to the reaper): SIGTERM to every process of the job, a grace period,
 then SIGKILL. Otherwise the reaper waits for CMD and exits with CMD's status. It is run
 without `site` and imports only the standard library so it starts in milliseconds.
 """
@@ -22,22 +30,62 @@ import signal
 import sys
 import time
 
+PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
+CLONE_NEWNS = 0x00020000
+CLONE_NEWPID = 0x20000000
+MS_NOSUID, MS_NODEV, MS_NOEXEC = 2, 4, 8
+MS_BIND, MS_REC, MS_SLAVE = 4096, 16384, 1 << 19
 GRACE_SECONDS = float(os.environ.get("PFSMOUNT_REAPER_GRACE", "5"))
-USAGE = "usage: reaper.py --lifeline FD -- CMD [ARG...]\n"
+USAGE = "usage: reaper.py --lifeline FD [--pidns] [--tmp DIR] -- CMD [ARG...] | --probe\n"
 
 _lifeline = -1  # read end of pfsmount's pipe: EOF means pfsmount is gone
+_init = 0  # pid of the namespace's init, when there is one
+_stopping = False  # init: SIGTERM arrived; wait for every process, not just CMD
 
 
-def _pfsmount_gone() -> bool:
-    return bool(select.select([_lifeline], [], [], 0)[0])
+class SetupError(Exception):
+    """The sandbox could not be built; the message says which step failed."""
+
+
+def _libc():
+    # The running process's own symbols include libc's; find_library would cost ~15 ms of
+    # start-up, paid for every datum without batching.
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def _check(result, what):
+    if result != 0:
+        err = ctypes.get_errno()
+        raise SetupError(f"{what}: {os.strerror(err)}")
+
+
+def _mount(libc, source, target, fstype, flags, what):
+    _check(libc.mount(source, target, fstype, flags, None), what)
+
+
+def _closed(fd):
+    """Whether the other end of pipe `fd` is closed (poll: fd numbers may exceed 1024)."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(0))
+
+
+def _pfsmount_gone():
+    return _closed(_lifeline)
+
+
+# ----- the reaper, outside the namespace ---------------------------------------------------
 
 
 def _stop_group(signum, frame):
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     with contextlib.suppress(OSError):
-        os.killpg(0, signal.SIGTERM)
+        if _init:
+            os.kill(_init, signal.SIGTERM)  # init passes it on to every process inside
+        else:
+            os.killpg(0, signal.SIGTERM)
     deadline = time.monotonic() + GRACE_SECONDS
     while time.monotonic() < deadline and not _pfsmount_gone():
         try:
@@ -46,61 +94,20 @@ def _stop_group(signum, frame):
             break
         if pid == 0:
             time.sleep(0.05)
-    os.killpg(0, signal.SIGKILL)
+    _kill_all()
 
 
-def _orphaned():
-    # pfsmount is gone and so is /pfs: every moment the program lives on it may write into
-    # the bare mountpoint directory. No grace period.
+def _kill_all():
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if _init:
+        # The namespace dies with its init, whatever its processes did to detach.
+        with contextlib.suppress(OSError):
+            os.kill(_init, signal.SIGKILL)
     os.killpg(0, signal.SIGKILL)
 
 
-def _parse(argv):
-    """(lifeline fd, cmd) from `--lifeline FD -- CMD...`, or None when malformed."""
-    if len(argv) < 4 or argv[0] != "--lifeline" or argv[2] != "--":
-        return None
-    try:
-        return int(argv[1]), argv[3:]
-    except ValueError:
-        return None
-
-
-def _exec(argv):
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    # Python ignores these for itself; a program must start with the defaults (`yes | head`).
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-    signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
-    try:
-        os.execvp(argv[0], argv)
-    except OSError as exc:
-        sys.stderr.write(f"pfsmount: cannot run {argv[0]!r}: {exc.strerror}\n")
-        os._exit(127)
-
-
-def main(argv):
-    global _lifeline
-    parsed = _parse(argv)
-    if parsed is None:
-        sys.stderr.write(USAGE)
-        return 2
-    _lifeline, cmd = parsed
-    # The user's program must not hold the pipe (it would not keep pfsmount "alive", but it
-    # has no business with it either).
-    os.set_inheritable(_lifeline, False)
-    # The running process's own symbols include libc's; find_library would cost ~15 ms of
-    # start-up, paid for every datum without batching.
-    libc = ctypes.CDLL(None, use_errno=True)
-    # Orphaned grandchildren come to us instead of init, so they stay in reach.
-    libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-    signal.signal(signal.SIGTERM, _stop_group)
-    try:
-        pid = os.fork()
-    except OSError as exc:
-        sys.stderr.write(f"pfsmount: cannot start user code: {exc}\n")
-        return 127
-    if pid == 0:
-        _exec(cmd)
+def _watch(pid):
+    """Wait for `pid` (our child); if pfsmount goes first, kill everything at once."""
     child = os.pidfd_open(pid)
     poller = select.poll()
     poller.register(child, select.POLLIN)
@@ -108,11 +115,168 @@ def main(argv):
     while True:
         ready = {fd for fd, _ in poller.poll()}
         if _lifeline in ready:
-            _orphaned()
+            # pfsmount is gone and so is /pfs: every moment the program lives on it may
+            # write into the bare mountpoint directory. No grace period.
+            _kill_all()
         if child in ready:
             break
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status)
+    return os.waitpid(pid, 0)[1]
+
+
+def _exec(argv):
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    # Python ignores these for itself; a program must start with the defaults (`yes | head`).
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, ())
+    try:
+        os.execvp(argv[0], argv)
+    except OSError as exc:
+        sys.stderr.write(f"pfsmount: cannot run {argv[0]!r}: {exc.strerror}\n")
+        os._exit(127)
+
+
+def _run_in_group(cmd):
+    _check(_libc().prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0), "prctl(PR_SET_CHILD_SUBREAPER)")
+    signal.signal(signal.SIGTERM, _stop_group)
+    pid = os.fork()
+    if pid == 0:
+        _exec(cmd)
+    return _watch(pid)
+
+
+def _run_in_namespace(cmd, tmp):
+    global _init
+    libc = _libc()
+    _check(libc.unshare(CLONE_NEWPID | CLONE_NEWNS), "unshare(CLONE_NEWPID | CLONE_NEWNS)")
+    alive_r, alive_w = os.pipe()  # init learns of our death before its death signal is armed
+    status_r, status_w = os.pipe()  # init hands CMD's wait status back
+    # SIGTERM waits until init has its own handler (as pid 1, a signal without one is lost).
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    signal.signal(signal.SIGTERM, _stop_group)
+    pid = os.fork()
+    if pid == 0:
+        os.close(alive_w)
+        os.close(status_r)
+        try:
+            _be_init(libc, cmd, tmp, alive_r, status_w)
+        except SetupError as exc:
+            sys.stderr.write(f"pfsmount: cannot set up the user code's sandbox: {exc}\n")
+        os._exit(127)
+    _init = pid
+    os.close(status_w)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+    status = _watch(pid)
+    reported = os.read(status_r, 32)
+    return int(reported) if reported else status
+
+
+# ----- init, pid 1 of the namespace ------------------------------------------------------
+
+
+def _init_stop(signum, frame):
+    global _stopping
+    _stopping = True
+    with contextlib.suppress(OSError):
+        os.kill(-1, signal.SIGTERM)  # from pid 1: every other process in the namespace
+
+
+def _be_init(libc, cmd, tmp, alive_r, status_w):
+    signal.signal(signal.SIGTERM, _init_stop)
+    _check(libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "prctl(PR_SET_PDEATHSIG)")
+    # The reaper is single-threaded, so its death (and only that) fires the signal; if it
+    # died before the signal was armed, its end of the pipe is already closed.
+    if _closed(alive_r):
+        os._exit(1)
+    _make_mounts(libc, tmp)
+    pid = os.fork()
+    if pid == 0:
+        _exec(cmd)
+    # A SIGTERM that came before CMD existed is delivered now, and reaches CMD.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+    status = None
+    while True:
+        try:
+            reaped, st = os.waitpid(-1, 0)
+        except ChildProcessError:
+            break
+        if reaped == pid:
+            status = st
+            if not _stopping:
+                break  # the job's program is done; the kernel ends the rest with us
+    if status is not None:
+        os.write(status_w, str(status).encode())
+    os._exit(0)
+
+
+def _make_mounts(libc, tmp):
+    _mount(libc, None, b"/", None, MS_REC | MS_SLAVE, "making / a recursive slave mount")
+    _mount(libc, b"proc", b"/proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC,
+           "mounting a fresh /proc")
+    if tmp:
+        _mount(libc, os.fsencode(tmp), b"/tmp", None, MS_BIND, f"bind-mounting {tmp} on /tmp")
+
+
+def probe():
+    """Exit status 0 if this process may build the namespace sandbox, else 1 and why."""
+    try:
+        libc = _libc()
+        _check(libc.unshare(CLONE_NEWPID | CLONE_NEWNS), "unshare(CLONE_NEWPID | CLONE_NEWNS)")
+        pid = os.fork()
+        if pid == 0:
+            try:
+                _make_mounts(libc, None)
+            except SetupError as exc:
+                sys.stderr.write(f"{exc}\n")
+                os._exit(1)
+            os._exit(0)
+        return 1 if os.waitpid(pid, 0)[1] else 0
+    except (SetupError, OSError) as exc:
+        sys.stderr.write(f"{exc}\n")
+        return 1
+
+
+def _parse(argv):
+    """(lifeline fd, pidns, tmp, cmd), or None when malformed."""
+    try:
+        end = argv.index("--")
+    except ValueError:
+        return None
+    opts, cmd = argv[:end], argv[end + 1:]
+    lifeline, pidns, tmp = None, False, None
+    while opts:
+        flag = opts.pop(0)
+        if flag == "--pidns":
+            pidns = True
+        elif flag == "--lifeline" and opts and opts[0].isdigit():
+            lifeline = int(opts.pop(0))
+        elif flag == "--tmp" and opts:
+            tmp = opts.pop(0)
+        else:
+            return None
+    if lifeline is None or not cmd or (tmp and not pidns):
+        return None
+    return lifeline, pidns, tmp, cmd
+
+
+def main(argv):
+    global _lifeline
+    if argv == ["--probe"]:
+        return probe()
+    parsed = _parse(argv)
+    if parsed is None:
+        sys.stderr.write(USAGE)
+        return 2
+    _lifeline, pidns, tmp, cmd = parsed
+    # The user's program has no business with the pipe.
+    os.set_inheritable(_lifeline, False)
+    try:
+        if pidns:
+            return os.waitstatus_to_exitcode(_run_in_namespace(cmd, tmp))
+        return os.waitstatus_to_exitcode(_run_in_group(cmd))
+    except (SetupError, OSError) as exc:
+        sys.stderr.write(f"pfsmount: cannot start user code: {exc}\n")
+        return 127
 
 
 if __name__ == "__main__":

@@ -17,13 +17,13 @@ import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import trio
 
+from pfsmount.sandbox import NO_SANDBOX, REAPER, Sandbox
+
 log = logging.getLogger(__name__)
 
-REAPER = str(Path(__file__).with_name("reaper.py"))
 LineSink = Callable[[str, bytes], None]  # (stream name, line without newline)
 
 
@@ -56,7 +56,11 @@ class UserProcess:
         return await self.process.wait()
 
     async def stop(self, grace: float) -> None:
-        """SIGTERM, up to `grace` seconds to exit, then SIGKILL for the whole group."""
+        """SIGTERM, up to `grace` seconds to exit, then SIGKILL for the whole group.
+
+        In a PID namespace the reaper passes SIGTERM on to every process inside, and the
+        SIGKILL of its group takes the namespace's init, so the namespace, with it.
+        """
         pgid = self.process.pid
         if self.process.returncode is None:
             _signal(self.process.pid, signal.SIGTERM)
@@ -101,11 +105,13 @@ async def start(
     cwd: str | None,
     stdin_lines: Sequence[str],
     sink: LineSink,
+    sandbox: Sandbox = NO_SANDBOX,
 ) -> UserProcess:
-    """Start `cmd`; its output is pumped to `sink` by tasks in `nursery`."""
+    """Start `cmd` in `sandbox`; its output is pumped to `sink` by tasks in `nursery`."""
     watch = lifeline()
     proc = await trio.lowlevel.open_process(
-        [sys.executable, "-S", REAPER, "--lifeline", str(watch), "--", *cmd],
+        [sys.executable, "-S", REAPER, "--lifeline", str(watch), *sandbox.reaper_args(),
+         "--", *cmd],
         pass_fds=(watch,),
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
