@@ -40,7 +40,7 @@ GRACE_SECONDS = float(os.environ.get("PFSMOUNT_REAPER_GRACE", "5"))
 USAGE = "usage: reaper.py --lifeline FD [--pidns] [--tmp DIR] -- CMD [ARG...] | --probe\n"
 
 _lifeline = -1  # read end of pfsmount's pipe: EOF means pfsmount is gone
-_init = 0  # pid of the namespace's init, when there is one
+_init = -1  # pidfd of the namespace's init, when there is one (immune to pid reuse)
 _stopping = False  # init: SIGTERM arrived; wait for every process, not just CMD
 
 
@@ -82,8 +82,8 @@ def _stop_group(signum, frame):
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     with contextlib.suppress(OSError):
-        if _init:
-            os.kill(_init, signal.SIGTERM)  # init passes it on to every process inside
+        if _init >= 0:
+            signal.pidfd_send_signal(_init, signal.SIGTERM)  # init passes it on to all inside
         else:
             os.killpg(0, signal.SIGTERM)
     deadline = time.monotonic() + GRACE_SECONDS
@@ -99,16 +99,15 @@ def _stop_group(signum, frame):
 
 def _kill_all():
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    if _init:
+    if _init >= 0:
         # The namespace dies with its init, whatever its processes did to detach.
         with contextlib.suppress(OSError):
-            os.kill(_init, signal.SIGKILL)
+            signal.pidfd_send_signal(_init, signal.SIGKILL)
     os.killpg(0, signal.SIGKILL)
 
 
-def _watch(pid):
-    """Wait for `pid` (our child); if pfsmount goes first, kill everything at once."""
-    child = os.pidfd_open(pid)
+def _watch(pid, child):
+    """Wait for `pid` (our child, pidfd `child`); if pfsmount goes first, kill all at once."""
     poller = select.poll()
     poller.register(child, select.POLLIN)
     poller.register(_lifeline, select.POLLIN)
@@ -142,7 +141,7 @@ def _run_in_group(cmd):
     pid = os.fork()
     if pid == 0:
         _exec(cmd)
-    return _watch(pid)
+    return _watch(pid, os.pidfd_open(pid))
 
 
 def _run_in_namespace(cmd, tmp):
@@ -163,10 +162,10 @@ def _run_in_namespace(cmd, tmp):
         except SetupError as exc:
             sys.stderr.write(f"pfsmount: cannot set up the user code's sandbox: {exc}\n")
         os._exit(127)
-    _init = pid
+    _init = os.pidfd_open(pid)
     os.close(status_w)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
-    status = _watch(pid)
+    status = _watch(pid, _init)
     reported = os.read(status_r, 32)
     return int(reported) if reported else status
 
