@@ -17,6 +17,7 @@ import pytest
 from support import (
     batching_spec,
     finish,
+    is_mounted,
     needs_fuse,
     proc_survivors,
     read_tree,
@@ -68,12 +69,11 @@ nohup bash -c pester >/dev/null 2>&1 &
 """
 
 
-def test_detached_daemons_end_with_the_job(tmp_path: Path) -> None:
+def test_detached_daemons_end_with_the_job(tmp_path: Path, mnt: Path) -> None:
     marker = f"pfsmount-test-{uuid.uuid4().hex}"
     spec = _spec(tmp_path, "daemons", DAEMONS.format(marker=marker) + """
         while pachctl next datum; do echo "$$" > $MNT/out/pid; done
     """)
-    mnt = tmp_path / "pfs"
     try:
         result = run_pfsmount(spec, tmp_path / "data", mnt)
         assert result.returncode == 0, result
@@ -89,7 +89,7 @@ def test_detached_daemons_end_with_the_job(tmp_path: Path) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
-def test_detached_daemons_end_when_pfsmount_is_killed(tmp_path: Path) -> None:
+def test_detached_daemons_end_when_pfsmount_is_killed(tmp_path: Path, mnt: Path) -> None:
     marker = f"pfsmount-test-{uuid.uuid4().hex}"
     flag = tmp_path / "second-run"
     spec = _spec(tmp_path, "daemons", DAEMONS.format(marker=marker) + f"""
@@ -98,7 +98,6 @@ def test_detached_daemons_end_when_pfsmount_is_killed(tmp_path: Path) -> None:
             echo done > $MNT/out/x
         done
     """)
-    mnt = tmp_path / "pfs"
     proc = start_pfsmount(spec, tmp_path / "data", mnt)
     try:
         _wait_until(lambda: len(proc_survivors(marker)) >= 4)
@@ -108,6 +107,8 @@ def test_detached_daemons_end_when_pfsmount_is_killed(tmp_path: Path) -> None:
         while proc_survivors(marker):
             assert time.monotonic() - killed < 2, f"still alive: {proc_survivors(marker)}"
             time.sleep(0.02)
+        # fusermount3's auto_unmount still works with copies of the mount in namespaces.
+        _wait_until(lambda: not is_mounted(mnt), timeout=5)
         finish(proc, mnt)
         time.sleep(0.3)
         flag.touch()
@@ -178,7 +179,8 @@ def test_python3_in_cmd_is_the_users_and_still_finds_the_client(tmp_path: Path) 
         assert record["heavy"] == []
 
 
-def test_the_shims_live_in_the_workspace_and_a_rerun_cleans_up(tmp_path: Path) -> None:
+def test_the_shims_live_in_the_workspace_and_a_rerun_cleans_up(tmp_path: Path,
+                                                               mnt: Path) -> None:
     marker = f"pfsmount-test-{uuid.uuid4().hex}"
     flag = tmp_path / "second-run"
     spec = _spec(tmp_path, "shims", f"""
@@ -188,7 +190,7 @@ def test_the_shims_live_in_the_workspace_and_a_rerun_cleans_up(tmp_path: Path) -
             echo "$PFSMOUNT_WORKER_SOCKET" > $MNT/out/socket
         done
     """)
-    data, mnt = tmp_path / "data", tmp_path / "pfs"
+    data = tmp_path / "data"
     run = data / ".pfsmount" / "shims" / "run"
     proc = start_pfsmount(spec, data, mnt)
     try:
