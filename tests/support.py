@@ -93,7 +93,9 @@ def start_pfsmount(
         # A private mount namespace lets the test use the real /pfs path without
         # touching the host's /pfs; the mount dies with the namespace.
         cmd = ["unshare", "--mount", "--propagation", "private", *cmd]
-    full_env = {**os.environ, **(env or {})}
+    # `python3` in a cmd is the user's: for these tests, one with pfsmount's dependencies.
+    path = os.pathsep.join([os.path.dirname(PY), os.environ.get("PATH", os.defpath)])
+    full_env = {**os.environ, "PATH": path, **(env or {})}
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True, env=full_env)
 
@@ -156,3 +158,22 @@ def datum_states(data: Path, pipeline: str) -> dict[str, tuple[str, int]]:
     finally:
         db.close()
     return {json.loads(inputs)[0]["path"]: (state, attempts) for inputs, state, attempts in rows}
+
+
+def proc_survivors(marker: str) -> list[int]:
+    """Host pids of live processes whose command line or environment contains `marker`."""
+    needle = marker.encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                if f.read().rsplit(b") ", 1)[1][:1] == b"Z":
+                    continue
+            blobs = [Path(f"/proc/{entry}/{name}").read_bytes() for name in ("cmdline", "environ")]
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+        if any(needle in blob for blob in blobs):
+            found.append(int(entry))
+    return found

@@ -18,6 +18,7 @@ from support import (
     is_mounted,
     needs_fuse,
     pachyderm_datum_id,
+    proc_survivors,
     read_tree,
     run_pfsmount,
     start_pfsmount,
@@ -472,18 +473,6 @@ def _wait_for(predicate, timeout: float = 30.0) -> None:
         time.sleep(0.05)
 
 
-def _pids(pidfile: Path) -> list[int]:
-    return [int(p) for p in pidfile.read_text().split()]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ")[1][0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
 def _outputs(data: Path) -> dict[str, bytes]:
     return {k: v for k, v in read_tree(data / "slow").items() if k != "previous-output.txt"}
 
@@ -499,7 +488,8 @@ def test_sigterm_stops_everything_and_commits_no_partial_output(
     assert result.returncode != 0, result
     assert "interrupted by SIGTERM" in result.stderr
     assert not is_mounted(mnt)
-    assert not any(_alive(pid) for pid in _pids(pidfile))
+    # pids the user code sees are its PID namespace's; look for its processes from outside.
+    assert not proc_survivors(f"MNT={mnt}")
     done = _outputs(data)
     assert 3 <= len(done) < 50
     # Only whole datums reached the output repo; a file the user put there is left alone.
@@ -524,7 +514,7 @@ def test_a_stale_mount_left_by_a_dead_pfsmount_is_cleaned_up(tmp_path: Path, mnt
         os.kill(int(pid), signal.SIGKILL)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    _wait_for(lambda: not any(_alive(pid) for pid in _pids(pidfile)), timeout=15)
+    _wait_for(lambda: not proc_survivors(f"MNT={mnt}"), timeout=15)
     assert is_mounted(mnt)
     result = run_pfsmount(spec, data, mnt)
     assert result.returncode == 0, result

@@ -156,7 +156,10 @@ def run_pfsmount(ctx: Context, name: str, spec: dict[str, Any],
     with open(log.with_suffix(".out"), "wb") as out, open(log.with_suffix(".err"), "wb") as err:
         started_at = time.time()
         t0 = time.perf_counter()
-        proc = ctx.janitor.spawn(cmd, stdout=out, stderr=err)
+        # `python3` in a cmd is the user's: here one with pachyderm-sdk, pfsmount's venv.
+        path = os.pathsep.join([str(VENV_PY.parent), os.environ.get("PATH", os.defpath)])
+        proc = ctx.janitor.spawn(cmd, env={**os.environ, "PATH": path}, stdout=out,
+                                 stderr=err)
         memory = PeakMemory(proc.pid)
         try:
             _wait(ctx, proc, stop)

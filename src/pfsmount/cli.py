@@ -51,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="where to mount the datum view (default: /pfs)")
     run.add_argument("--port", type=_port, default=0,
                      help="gRPC port for NextDatum on 127.0.0.1 (default: a free one)")
+    run.add_argument("--shared-tmp", action="store_true",
+                     help="let user code use this machine's /tmp instead of a private one")
     run.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
     ls = sub.add_parser("list-datums", help="print the datums a pipeline would process")
@@ -242,7 +244,8 @@ def _cmd_run(args: argparse.Namespace, console: Console) -> int:
         console.error(f"{spec.source}: transform.working_dir: {workdir} is not a directory")
         return EXIT_USAGE
     opts = RunOptions(data_dir=data_dir, workdir=workdir,
-                      mountpoint=os.path.abspath(args.mountpoint), port=args.port)
+                      mountpoint=os.path.abspath(args.mountpoint), port=args.port,
+                      shared_tmp=args.shared_tmp)
     console.info(f"{len(datums)} datums; mounting {opts.mountpoint}; running "
                  f"{' '.join(spec.transform.cmd)}")
     try:

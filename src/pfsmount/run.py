@@ -15,7 +15,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import signal
 import stat
 import subprocess
@@ -41,6 +40,7 @@ from pfsmount.output import OutputRepo, make_workspace, work_dir
 from pfsmount.peers import JobPeers
 from pfsmount.preflight import StartError, check_mountpoint_outside, check_port, check_program
 from pfsmount.protocol import WorkerServer
+from pfsmount.sandbox import RunDir, Sandbox, absolute_paths, choose, run_dir
 from pfsmount.spec import PipelineSpec
 from pfsmount.store.local import RepoIndex
 from pfsmount.supervisor import Supervisor, fmt_seconds
@@ -68,6 +68,7 @@ class RunOptions:
     port: int = 0
     stop_grace: float = 10.0  # SIGTERM to SIGKILL when stopping user code
     exit_grace: float = 30.0  # time a pfsmount client gets to exit after "no more datums"
+    shared_tmp: bool = False  # user code sees the machine's /tmp, not a private one
 
 
 @dataclass
@@ -178,7 +179,7 @@ def mount_options() -> set[str]:
 
 
 def write_shims(bin_dir: str) -> None:
-    """`pachctl` and `pfsmount` on the user code's PATH, bound to this interpreter."""
+    """`pachctl` and `pfsmount` on the user code's PATH, bound to pfsmount's interpreter."""
     scripts = {
         "pachctl": f'#!/bin/sh\nexec "{sys.executable}" -m pfsmount.pachctl "$@"\n',
         "pfsmount": f'#!/bin/sh\nexec "{sys.executable}" -m pfsmount "$@"\n',
@@ -190,15 +191,22 @@ def write_shims(bin_dir: str) -> None:
         os.chmod(path, 0o755)
 
 
-def user_env(spec: PipelineSpec, port: int, bin_dir: str) -> dict[str, str]:
-    """The process environment of user code: ours, the spec's, the port and the shims."""
+def user_env(spec: PipelineSpec, port: int, rundir: RunDir) -> dict[str, str]:
+    """The process environment of user code: ours, the spec's, the port and the shims.
+
+    Only the shims go in front of PATH: `python3` in a cmd is whichever python3 the user's
+    PATH finds, with the user's packages, never pfsmount's interpreter. pfsmount's client
+    still imports there: PYTHONPATH gets, last, a directory holding only the `pfsmount`
+    package (whose client needs nothing outside the standard library).
+    """
     env = dict(os.environ)
     env.update(spec.transform.env)
     env[PORT_ENV] = str(port)
-    # The shims first, then the interpreter pfsmount runs in, so `python3` in a cmd
-    # finds pfsmount's client (and whatever else was installed beside it).
-    interp_bin = os.path.dirname(sys.executable)
-    env["PATH"] = os.pathsep.join([bin_dir, interp_bin, env.get("PATH", os.defpath)])
+    env["PATH"] = os.pathsep.join([rundir.bin_dir, env.get("PATH", os.defpath)])
+    # An empty entry would put the current directory on sys.path.
+    env["PYTHONPATH"] = os.pathsep.join(
+        [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p] + [rundir.python_dir])
+    env[LOCAL_SOCKET_ENV] = rundir.socket_path
     return env
 
 
@@ -351,7 +359,11 @@ async def _locked_job(
                      f"{'was' if len(untracked) == 1 else 'were'} not written by any "
                      f"datum (e.g. {untracked[0]}); they are left as they are")
     joblog = JobLog(opts.data_dir, spec.name, plan.job_id)
-    bin_dir = tempfile.mkdtemp(prefix="pfsmount-bin-")
+    rundir = run_dir(work)
+    await trio.to_thread.run_sync(rundir.create)
+    sandbox = await choose(rundir, shared_tmp=opts.shared_tmp, needed=[
+        opts.mountpoint, opts.workdir or os.getcwd(), rundir.root, rundir.socket_path,
+        *absolute_paths(spec.transform.cmd), *absolute_paths(spec.transform.err_cmd)])
     started = time.monotonic()
     fs = PfsOperations()
     loop = DatumLoop(
@@ -364,7 +376,7 @@ async def _locked_job(
         pyfuse3.init(fs, opts.mountpoint, mount_options())
         fs.notifier = notifier = KernelNotifier()
     except RuntimeError as exc:
-        shutil.rmtree(bin_dir, ignore_errors=True)
+        rundir.remove()
         output.flush()  # registers the job's datums, so the failed job lists them
         ledger.end_job(plan.job_id, "failed", f"cannot mount: {exc}")
         raise RunError(f"cannot mount FUSE at {opts.mountpoint}: {exc} "
@@ -381,9 +393,9 @@ async def _locked_job(
             loop.start_prefetching(fs_nursery)
             fs_nursery.start_soon(_tune_read_ahead, opts.mountpoint)
             try:
-                write_shims(bin_dir)
-                outcome, restarts, stopped_by = await _serve(spec, loop, opts, console, bin_dir,
-                                                             joblog, problems)
+                write_shims(rundir.bin_dir)
+                outcome, restarts, stopped_by = await _serve(spec, loop, opts, console, rundir,
+                                                             sandbox, joblog, problems)
             finally:
                 with trio.CancelScope(shield=True):
                     serving.set()
@@ -403,7 +415,7 @@ async def _locked_job(
         raise refused from None
     finally:
         pyfuse3.close(unmount=True)
-        shutil.rmtree(bin_dir, ignore_errors=True)
+        await trio.to_thread.run_sync(rundir.remove)
     console.end_progress()
     report = JobReport(
         job_id=plan.job_id, records=loop.records, seconds=time.monotonic() - started,
@@ -444,9 +456,11 @@ def preflight(spec: PipelineSpec, repos: Mapping[str, RepoIndex], opts: RunOptio
     check_mountpoint_outside(opts.mountpoint, opts.data_dir, spec.name, repos.keys())
     cwd = opts.workdir or os.getcwd()
     # The PATH the user code will get, with real shims in it, so `pachctl` resolves as then.
-    with tempfile.TemporaryDirectory(prefix="pfsmount-check-") as shims:
+    with tempfile.TemporaryDirectory(prefix="pfsmount-check-") as scratch:
+        shims = RunDir(scratch).bin_dir
+        os.mkdir(shims)
         write_shims(shims)
-        env = user_env(spec, opts.port, shims)
+        env = user_env(spec, opts.port, RunDir(scratch))
         check_program("transform.cmd", spec.transform.cmd, env, cwd, shims)
         check_program("transform.err_cmd", spec.transform.err_cmd, env, cwd, shims)
 
@@ -456,7 +470,8 @@ async def _serve(
     loop: DatumLoop,
     opts: RunOptions,
     console: Console,
-    bin_dir: str,
+    rundir: RunDir,
+    sandbox: Sandbox,
     joblog: JobLog,
     problems: list[str],
 ) -> tuple[str, int, str]:
@@ -471,15 +486,15 @@ async def _serve(
         port = server.start()
     except OSError as exc:
         raise RunError(exc.strerror or str(exc)) from None
-    env = user_env(spec, port, bin_dir)
-    env[LOCAL_SOCKET_ENV] = os.path.join(bin_dir, "worker.sock")
+    env = user_env(spec, port, rundir)
     try:
         private_dir(os.path.dirname(env[LOCAL_SOCKET_ENV]))
     except SocketDirError as exc:
         server.stop(grace=0)
         raise RunError(str(exc)) from None
     sup = Supervisor(loop, spec, console, joblog, env, workdir=opts.workdir,
-                     stop_grace=opts.stop_grace, exit_grace=opts.exit_grace, problems=problems)
+                     stop_grace=opts.stop_grace, exit_grace=opts.exit_grace, problems=problems,
+                     sandbox=sandbox)
     peers.follow(sup.live_pids)
     console.start_progress(len(loop.records))
     interrupted: list[str] = []

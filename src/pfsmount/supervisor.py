@@ -21,6 +21,7 @@ import trio
 from pfsmount import usercode
 from pfsmount.console import Console
 from pfsmount.joblog import JobLog
+from pfsmount.sandbox import NO_SANDBOX, Sandbox
 from pfsmount.spec import PipelineSpec
 from pfsmount.worker import DatumLoop, DatumRecord
 
@@ -48,6 +49,7 @@ class Supervisor:
         stop_grace: float,
         exit_grace: float,
         problems: list[str],
+        sandbox: Sandbox = NO_SANDBOX,
     ) -> None:
         self.loop = loop
         self.spec = spec
@@ -58,6 +60,7 @@ class Supervisor:
         self.stop_grace = stop_grace
         self.exit_grace = exit_grace
         self.problems = problems
+        self.sandbox = sandbox
         self.restarts = 0
         self._live: set[usercode.UserProcess] = set()
         self._nursery: trio.Nursery | None = None
@@ -99,7 +102,8 @@ class Supervisor:
     async def _start(self, cmd: tuple[str, ...], env: Mapping[str, str], stdin: tuple[str, ...],
                      sink: usercode.LineSink) -> usercode.UserProcess:
         assert self._nursery is not None
-        proc = await usercode.start(self._nursery, cmd, env, self.workdir, stdin, sink)
+        proc = await usercode.start(self._nursery, cmd, env, self.workdir, stdin, sink,
+                                    self.sandbox)
         self._live.add(proc)
         return proc
 

@@ -1,8 +1,10 @@
 """Starting, watching and stopping the user's program and its whole process group.
 
 The program runs under `reaper.py`, which leads a process group of its own and takes the
-group down if pfsmount dies without a chance to clean up. Its stdout and stderr come back
-through pipes, line by line, so pfsmount can show them without tearing its progress line.
+group down if pfsmount dies without a chance to clean up: it watches a pipe whose write end
+only this process holds (the "lifeline"), so pfsmount's death, however it happens, is EOF.
+Its stdout and stderr come back through pipes, line by line, so pfsmount can show them
+without tearing its progress line.
 """
 
 from __future__ import annotations
@@ -15,13 +17,13 @@ import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import trio
 
+from pfsmount.sandbox import NO_SANDBOX, REAPER, Sandbox
+
 log = logging.getLogger(__name__)
 
-REAPER = str(Path(__file__).with_name("reaper.py"))
 LineSink = Callable[[str, bytes], None]  # (stream name, line without newline)
 
 
@@ -54,7 +56,11 @@ class UserProcess:
         return await self.process.wait()
 
     async def stop(self, grace: float) -> None:
-        """SIGTERM, up to `grace` seconds to exit, then SIGKILL for the whole group."""
+        """SIGTERM, up to `grace` seconds to exit, then SIGKILL for the whole group.
+
+        In a PID namespace the reaper passes SIGTERM on to every process inside, and the
+        SIGKILL of its group takes the namespace's init, so the namespace, with it.
+        """
         pgid = self.process.pid
         if self.process.returncode is None:
             _signal(self.process.pid, signal.SIGTERM)
@@ -64,6 +70,22 @@ class UserProcess:
         _killpg(pgid, signal.SIGKILL)
         if self.process.returncode is None:
             await self.process.wait()
+
+
+_lifeline_fds: tuple[int, int] | None = None
+
+
+def lifeline() -> int:
+    """The read end of the pipe whose EOF tells every reaper that pfsmount is gone.
+
+    The write end stays open, in this process only, until the process ends: `os.pipe` makes
+    both ends close-on-exec, so no program pfsmount starts inherits it, and each reaper gets
+    the read end explicitly.
+    """
+    global _lifeline_fds
+    if _lifeline_fds is None:
+        _lifeline_fds = os.pipe()
+    return _lifeline_fds[0]
 
 
 def _signal(pid: int, sig: int) -> None:
@@ -83,10 +105,14 @@ async def start(
     cwd: str | None,
     stdin_lines: Sequence[str],
     sink: LineSink,
+    sandbox: Sandbox = NO_SANDBOX,
 ) -> UserProcess:
-    """Start `cmd`; its output is pumped to `sink` by tasks in `nursery`."""
+    """Start `cmd` in `sandbox`; its output is pumped to `sink` by tasks in `nursery`."""
+    watch = lifeline()
     proc = await trio.lowlevel.open_process(
-        [sys.executable, "-S", REAPER, *cmd],
+        [sys.executable, "-S", REAPER, "--lifeline", str(watch), *sandbox.reaper_args(),
+         "--", *cmd],
+        pass_fds=(watch,),
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
