@@ -258,8 +258,6 @@ def test_join_on_outside_join_warns() -> None:
         (base(input={"git": {"URL": "x"}}), "p.json: input.git:"),
         (base(input={"pfs": {"repo": "r", "glob": "/*", "s3": True}}), "input.pfs.s3:"),
         (base(input={"pfs": {"repo": "r", "glob": "/*", "commit": "abc"}}), "input.pfs.commit:"),
-        (base(transform={"cmd": ["sh"], "accept_return_code": [1]}),
-         "transform.accept_return_code: pfsmount does not support"),
     ],
 )  # fmt: skip
 def test_unsupported_pachyderm_fields_are_errors(doc: dict[str, Any], where: str) -> None:

@@ -122,6 +122,8 @@ class Transform:
     datum_batching: bool = False
     err_cmd: tuple[str, ...] = ()
     err_stdin: tuple[str, ...] = ()
+    # Exit codes of cmd besides 0 that count as success (classic mode only; never err_cmd's).
+    accept_return_code: frozenset[int] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -177,9 +179,7 @@ _REFUSED_TOP = {
     "spout": "spouts have no inputs; run the program directly",
     "tf_job": "use transform.cmd to run the training program",
 }
-_REFUSED_TRANSFORM = {
-    "accept_return_code": "make the command exit 0 on success",
-}
+_REFUSED_TRANSFORM: dict[str, str] = {}
 _REFUSED_PFS = {
     "commit": "pfsmount reads the repo directory as it is now; remove commit",
     "reference": "remove reference; files are always served in full",
@@ -198,8 +198,11 @@ _TOP_FIELDS = frozenset(
 )  # fmt: skip
 _PIPELINE_FIELDS = frozenset({"name"})
 _TRANSFORM_FIELDS = frozenset(
-    {"cmd", "stdin", "err_cmd", "err_stdin", "env", "working_dir", "datum_batching"}
-)
+    {
+        "cmd", "stdin", "err_cmd", "err_stdin", "env", "working_dir", "datum_batching",
+        "accept_return_code",
+    }
+)  # fmt: skip
 _PFS_FIELDS = frozenset(
     {"name", "repo", "branch", "glob", "join_on", "outer_join", "group_by", "lazy", "empty_files"}
 )
@@ -718,15 +721,59 @@ def _transform(raw: object, path: str, ctx: _Context) -> Transform:
             "entrypoint to fall back on), e.g. cmd: [python3, /code/main.py]",
         )
     working_dir = t.string("working_dir") or None
+    datum_batching = t.boolean("datum_batching")
+    accepted = _accept_return_code(t)
+    if accepted and datum_batching:
+        ctx.warnings.append(
+            f"{ctx.source}: {t.where('accept_return_code')} has no effect with datum_batching: "
+            "there a process exit always ends the datum attempt, whatever its exit code"
+        )
     return Transform(
         cmd=cmd,
         stdin=t.strings("stdin", "stdin: ['echo hello', 'ls /pfs']"),
         env=MappingProxyType(_env(t, ctx)),
         working_dir=working_dir,
-        datum_batching=t.boolean("datum_batching"),
+        datum_batching=datum_batching,
         err_cmd=t.strings("err_cmd", "err_cmd: [sh]"),
         err_stdin=t.strings("err_stdin", "err_stdin: ['exit 0']"),
+        accept_return_code=accepted,
     )
+
+
+_DIGITS = re.compile(r"^[0-9]+$")
+
+
+def _accept_return_code(t: _Fields) -> frozenset[int]:
+    """Pachyderm's `repeated int64 accept_return_code`: a list of exit statuses (0..255).
+
+    Decimal strings are accepted too: Pachyderm's JSON writes int64 values as strings, so a
+    spec exported with `pachctl inspect pipeline --raw` holds ["1"].
+    """
+    raw = t.raw("accept_return_code")
+    if raw is None:
+        return frozenset()
+    where = t.where("accept_return_code")
+    if not isinstance(raw, list):
+        example = f"[{raw}]" if isinstance(raw, int) and not isinstance(raw, bool) else "[1]"
+        raise t.ctx.error(
+            where, f"expected a list of exit codes, got {_describe(raw)}; write it as "
+                   f"accept_return_code: {example}"
+        )
+    codes: set[int] = set()
+    for i, item in enumerate(raw):
+        if isinstance(item, str) and _DIGITS.fullmatch(item.strip()):
+            item = int(item)
+        if isinstance(item, bool) or not isinstance(item, int):
+            raise t.ctx.error(f"{where}[{i}]",
+                              f"expected an exit code (a whole number), got {_describe(item)}")
+        if not 0 <= item <= 255:
+            raise t.ctx.error(
+                f"{where}[{i}]",
+                f"{item} is not an exit code; a process exits with 0..255 (a signal is never "
+                "success)",
+            )
+        codes.add(item)
+    return frozenset(codes)
 
 
 def _env(t: _Fields, ctx: _Context) -> dict[str, str]:

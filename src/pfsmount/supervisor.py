@@ -7,7 +7,7 @@ process asks for it. A process that dies before asking for any datum several tim
 row is a crash loop and fails the job instead of spinning.
 
 Without datum batching (Pachyderm's default) `cmd` runs once per datum with the datum's
-environment as its own; exit 0 is success.
+environment as its own; exit 0 is success, and so is any code in `accept_return_code`.
 """
 
 from __future__ import annotations
@@ -242,7 +242,7 @@ class Supervisor:
             if scope.cancelled_caught:
                 error = (f"datum_timeout of {fmt_seconds(self.spec.datum_timeout or 0)} "
                          "expired; cmd was stopped")
-            elif code != 0:
+            elif code != 0 and code not in t.accept_return_code:
                 error = f"cmd {usercode.describe_exit(code)}"
             else:
                 error = ""
