@@ -1,6 +1,8 @@
 """``python -m pfsmount.pachctl``: the ``pachctl`` that pfsmount puts on the user code's PATH.
 
-It answers only ``pachctl next datum``; see ``pfsmount.shims.pachctl_main``.
+It serves ``pachctl next datum`` and ``pachctl version``, accepts and ignores the start-up
+commands pipelines call to reach a cluster (``connect``, ``config``, ``auth whoami``/``login``),
+and refuses the rest; see ``pfsmount.shims.pachctl_main``.
 """
 
 from __future__ import annotations

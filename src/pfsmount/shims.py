@@ -35,11 +35,28 @@ EXIT_READY = 0
 EXIT_ERROR = 1
 EXIT_NO_MORE_DATUMS = 3
 
+# What pipelines call at start-up to reach their cluster. There is no cluster under pfsmount,
+# and nothing these do changes what the pipeline computes, so they succeed and say so.
+# Keys are the leading words of the command; () means "any subcommand".
+IGNORED_COMMANDS: dict[str, tuple[str, ...]] = {
+    "connect": (),
+    "config": (),
+    "auth": ("whoami", "login"),
+}
+_GLOBAL_FLAGS = frozenset({"-v", "--verbose", "--no-color"})
+
 _PACHCTL_ONLY = (
     "pfsmount's pachctl shim only supports `pachctl next datum` (optionally --error MSG), "
-    "not `pachctl {command}`: run other pachctl commands with the real pachctl "
-    "against a Pachyderm cluster"
+    "not `pachctl {command}`: {fix}"
 )
+_FIXES = {
+    "put": "write the file under /pfs/out instead (it becomes the output repo's content)",
+    "get": "read the input under /pfs/<input name> instead",
+    "list": "list the input under /pfs/<input name> instead",
+    "glob": "list the input under /pfs/<input name> instead",
+    "inspect": "look at the input under /pfs/<input name> instead",
+}
+_CLUSTER_FIX = "that needs a Pachyderm cluster; run it with the real pachctl against one"
 
 
 class _UsageError(Exception):
@@ -85,19 +102,30 @@ def pachctl_main(argv: list[str]) -> int:
     """``pachctl next datum [--error MSG]`` with Pachyderm's behaviour: 0 ready, 1 on error.
 
     After the last datum the call never returns, as with Pachyderm: the worker ends the
-    process.
+    process. The start-up commands in `IGNORED_COMMANDS` succeed and do nothing.
     """
+    words = _command_words(argv)
+    if words[:1] == ["version"]:
+        print(f"pachctl shim from pfsmount {__version__} (supports only `pachctl next datum`)")
+        return EXIT_READY
+    ignored = _ignored_command(words)
+    if ignored:
+        # Only the command words: arguments may hold a token or a password.
+        print(f"pachctl: pfsmount's shim ignored `pachctl {ignored}` (there is no Pachyderm "
+              "cluster under pfsmount; only `pachctl next datum` does something)",
+              file=sys.stderr)
+        return EXIT_READY
+    if words and words[:2] != ["next", "datum"]:
+        # Refused before argparse, which would trip over the other command's own flags.
+        return _fail("pachctl", _refusal(words[:2]))
     try:
         command, error = _parse_pachctl(argv)
     except _UsageError as exc:
         return _fail("pachctl", str(exc))
     except SystemExit as exc:
         return _exit_code(exc)
-    if command == ["version"]:
-        print(f"pachctl shim from pfsmount {__version__} (supports only `pachctl next datum`)")
-        return EXIT_READY
     if command != ["next", "datum"]:
-        return _fail("pachctl", _PACHCTL_ONLY.format(command=" ".join(command)))
+        return _fail("pachctl", _refusal(command))
     try:
         _pachyderm_next_datum(error)
     except _ShimError as exc:
@@ -105,6 +133,35 @@ def pachctl_main(argv: list[str]) -> int:
     except KeyboardInterrupt:
         return 130
     return EXIT_READY
+
+
+def _command_words(argv: list[str]) -> list[str]:
+    """The leading words that name the command ("put", "file", ...), past global flags."""
+    words: list[str] = []
+    for arg in argv:
+        if arg in _GLOBAL_FLAGS:
+            continue
+        if arg.startswith("-"):
+            break
+        words.append(arg)
+    return words
+
+
+def _refusal(command: list[str]) -> str:
+    fix = _FIXES.get(command[0], _CLUSTER_FIX) if command[1:2] == ["file"] else _CLUSTER_FIX
+    return _PACHCTL_ONLY.format(command=" ".join(command), fix=fix)
+
+
+def _ignored_command(words: list[str]) -> str:
+    """The command words of an ignored start-up command ("auth whoami"), or ""."""
+    if not words or words[0] not in IGNORED_COMMANDS:
+        return ""
+    subcommands = IGNORED_COMMANDS[words[0]]
+    if not subcommands:
+        return words[0]
+    if len(words) > 1 and words[1] in subcommands:
+        return f"{words[0]} {words[1]}"
+    return ""
 
 
 class _ShimError(Exception):
