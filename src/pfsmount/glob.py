@@ -12,10 +12,18 @@ groups), using `/` as the separator. The syntax understood here:
 - `(...)` capture groups with `|` alternatives, numbered by their opening parenthesis;
   ohmyglob's extended forms `@(...)`, `*(...)`, `+(...)`, `?(...)` are capture groups too
   (exactly one, zero or more, one or more, zero or one repetition of the alternatives)
+- `!(a|b)` a negated extended glob (a capture group too): a run of characters within one
+  segment, starting where no alternative followed by the rest of the pattern matches what
+  remains of the path. `/!(*.*)` is every top-level name without a dot, `/d/!(*.txt)` every
+  name in `/d` not ending in `.txt`, `/!(a|b)*` every top-level name not starting with `a` or
+  `b`. Groups inside a negation are numbered like any other but never capture (they give "").
 - `\\x` the character `x` literally
 
-Deliberate differences from ohmyglob: the negated extended glob `!(...)` is refused rather than
-supported, and a character class never matches `/` (ohmyglob's negated class could).
+Deliberate differences from ohmyglob: a character class never matches `/` (ohmyglob's negated
+class could); a negation inside a group or `{...}` is refused; and a negation is always weighed
+together with the rest of the pattern, where ohmyglob, when the negation is followed by more
+pattern, only tests whether an alternative matches at its start (`/!(tmp)/*` skips `/tmpx/a`
+there, not here). For a negation at the end, as in Pachyderm's `/!(*.*)`, both agree.
 
 Templates (`$1`, `${1}`, `$$`) follow the regexp2 replacement syntax Pachyderm uses to turn a
 matched path into a join or group key.
@@ -122,10 +130,13 @@ def _normalize(pattern: str) -> str:
 class _Parser:
     """Recursive-descent translation of one glob into a Python regular expression."""
 
-    def __init__(self, pattern: str) -> None:
+    def __init__(self, pattern: str, *, pos: int = 0, capture: bool = True) -> None:
         self.pattern = pattern
-        self.pos = 0
+        self.pos = pos
         self.ngroups = 0
+        # A copy of the rest of the pattern inside a negation's lookahead must not add groups.
+        self.capture = capture
+        self.depth = 0  # how many groups and {...} enclose the current position
 
     def fail(self, why: str) -> GlobError:
         return GlobError(f"{self.pattern!r} is not a valid glob ({why})")
@@ -160,7 +171,7 @@ class _Parser:
             self.pos += 1
             return self.group(_EXTGLOB_QUANTIFIERS[char])
         if char == "!" and nxt == "(":
-            raise self.fail("the negated pattern '!(...)' is not supported; list what you want")
+            return self.negation()
         if char == "(":
             return self.group("")
         if char == "*":
@@ -189,9 +200,23 @@ class _Parser:
 
     def group(self, quantifier: str) -> str:
         """A capture group at "(": alternatives separated by "|" up to ")"."""
+        inner = "|".join(self.group_alternatives())
+        opening = "(" if self.capture else "(?:"
+        if quantifier in ("*", "+") and inner in (_STAR, _SUPER_STAR):
+            # "*(*)" repeats something that already matches any run; repeating it again would
+            # only add catastrophic backtracking, not matches.
+            return f"{opening}{inner})"
+        if quantifier:
+            return f"{opening}(?:{inner}){quantifier})"
+        return f"{opening}{inner})"
+
+    def group_alternatives(self) -> list[str]:
+        """The "|"-separated alternatives of the group opening at "(", which is numbered."""
         start = self.pos
         self.pos += 1
-        self.ngroups += 1
+        if self.capture:
+            self.ngroups += 1
+        self.depth += 1
         alternatives = [self.sequence(closers="|)")]
         while self.peek() == "|":
             self.pos += 1
@@ -199,19 +224,32 @@ class _Parser:
         if self.peek() != ")":
             raise self.fail(f"unclosed group '(' at position {start + 1}")
         self.pos += 1
-        inner = "|".join(alternatives)
-        if quantifier in ("*", "+") and inner in (_STAR, _SUPER_STAR):
-            # "*(*)" repeats something that already matches any run; repeating it again would
-            # only add catastrophic backtracking, not matches.
-            return f"({inner})"
-        if quantifier:
-            return f"((?:{inner}){quantifier})"
-        return f"({inner})"
+        self.depth -= 1
+        return alternatives
+
+    def negation(self) -> str:
+        """`!(a|b)` at "!": a run within a segment where no alternative + the rest matches.
+
+        The lookahead holds the rest of the pattern (compiled again, without groups), so a
+        negation means "what `*` + rest matches, minus what alternative + rest matches".
+        """
+        start = self.pos
+        if self.depth:
+            raise self.fail(
+                f"the negation '!(' at position {start + 1} is inside a group or {{...}}; "
+                "pfsmount supports '!(...)' only at the top level, e.g. '/!(*.txt)'"
+            )
+        self.pos += 1
+        alternatives = "|".join(self.group_alternatives())
+        rest = _Parser(self.pattern, pos=self.pos, capture=False).parse()
+        opening = "(" if self.capture else "(?:"
+        return f"{opening}(?!(?:{alternatives}){rest}\\Z){_STAR})"
 
     def alternatives(self) -> str:
         """Non-capturing `{a,b}` alternatives."""
         start = self.pos
         self.pos += 1
+        self.depth += 1
         options = [self.sequence(closers=",}")]
         while self.peek() == ",":
             self.pos += 1
@@ -219,6 +257,7 @@ class _Parser:
         if self.peek() != "}":
             raise self.fail(f"unclosed alternatives '{{' at position {start + 1}")
         self.pos += 1
+        self.depth -= 1
         return "(?:" + "|".join(options) + ")"
 
     def char_class(self) -> str:
