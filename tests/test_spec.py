@@ -230,7 +230,7 @@ def test_kubernetes_fields_collected_into_one_warning() -> None:
     warning = spec.warnings[0]
     assert warning.startswith("p.json: these Pachyderm fields have no effect in pfsmount")
     for path in ("description", "resource_limits", "podPatch", "transform.image",
-                 "transform.imagePullSecrets", "transform.secrets", "pipeline.project"):
+                 "transform.imagePullSecrets", "transform.secrets"):
         assert path in warning  # fmt: skip
 
 

@@ -233,7 +233,8 @@ def _cmd_run(args: argparse.Namespace, console: Console) -> int:
     if loaded is None:
         return EXIT_USAGE
     spec, repos, datums, data_dir = loaded
-    if spec.name in repos:
+    if spec.location in repos:
+        # Repos are keyed by their place under DATA, so this compares projects too.
         console.error(f"{spec.source}: pipeline.name: '{spec.name}' is also an input repo; the "
                       "output repo would overwrite it (rename the pipeline)")
         return EXIT_USAGE
@@ -451,13 +452,13 @@ def _cmd_inspect_job(args: argparse.Namespace, console: Console) -> int:
 
 
 def _pipeline_name(arg: str, console: Console) -> str | None:
-    """A pipeline name, or the name inside a spec file."""
+    """A pipeline name (`@project/name` outside the default project), or a spec file's."""
     if not os.path.isfile(arg):
         return arg
     from pfsmount.spec import SpecError, load_spec
 
     try:
-        return load_spec(arg).name
+        return load_spec(arg).location
     except SpecError as exc:
         console.error(str(exc))
         return None

@@ -54,7 +54,7 @@ from pfsmount.spec import (
     SpecError,
     UnionInput,
 )
-from pfsmount.store.local import RepoIndex, StoreError, open_repo
+from pfsmount.store.local import DEFAULT_PROJECT, RepoIndex, StoreError, open_repo, repo_location
 
 __all__ = [
     "Datum",
@@ -94,6 +94,14 @@ class DatumInput:
     # Which pfs input it came from is not part of what the datum shows, so two union branches
     # that match the same path give equal inputs; outer_join only steers the join.
     outer_join: bool = field(default=False, compare=False)
+    # Not part of the datum id (Pachyderm's hashes the repo name only), but of the input's
+    # identity: images:/a of two projects are different files.
+    project: str = DEFAULT_PROJECT
+
+    @property
+    def repo_key(self) -> str:
+        """The key of this input's repo among the opened repos (its place under DATA)."""
+        return repo_location(self.project, self.repo)
 
 
 @dataclass(frozen=True)
@@ -153,22 +161,23 @@ def datum_hash(datum: Datum, repos: Mapping[str, RepoIndex], salt: str) -> str:
 
     Each part is length-suffixed like the parts of the id, so no two sequences collide.
     """
-    fingerprints = (repos[item.repo].content_fingerprint(item.path) for item in datum.inputs)
+    fingerprints = (repos[item.repo_key].content_fingerprint(item.path)
+                    for item in datum.inputs)
     return _digest((datum.id, *fingerprints, salt))
 
 
 def open_repos(input: Input, data_dir: str, source: str = "") -> dict[str, RepoIndex]:
-    """Open every repo the input tree names, once each.
+    """Open every repo the input tree names, once each, keyed by `PfsInput.repo_key`.
 
     A repo that cannot be used raises `StoreError` naming the spec field that asks for it
     (prefixed with `source`, the spec file's name, when given), then the store's reason and fix.
     """
     repos: dict[str, RepoIndex] = {}
     for where, pfs in _pfs_fields(input, "input"):
-        if pfs.repo in repos:
+        if pfs.repo_key in repos:
             continue
         try:
-            repos[pfs.repo] = open_repo(data_dir, pfs.repo)
+            repos[pfs.repo_key] = open_repo(data_dir, pfs.repo, pfs.project)
         except StoreError as exc:
             prefix = f"{source}: " if source else ""
             raise StoreError(f"{prefix}{where}.repo: {exc}") from None
@@ -217,10 +226,10 @@ def _concat(parts: Iterable[_Inputs]) -> _Inputs:
 
 
 def _expand_pfs(pfs: PfsInput, repos: Mapping[str, RepoIndex]) -> list[DatumInput]:
-    repo = repos.get(pfs.repo)
+    repo = repos.get(pfs.repo_key)
     if repo is None:
         raise DatumError(
-            f"input {pfs.name!r}: repo {pfs.repo!r} was not opened (open it with open_repos)"
+            f"input {pfs.name!r}: repo {pfs.repo_key!r} was not opened (open it with open_repos)"
         )
     glob = compile_glob(pfs.glob)
     for field_name, template in (("join_on", pfs.join_on), ("group_by", pfs.group_by)):
@@ -234,7 +243,8 @@ def _expand_pfs(pfs: PfsInput, repos: Mapping[str, RepoIndex]) -> list[DatumInpu
     entries = repo.entries if glob.pattern != "/" else repo.entries[:1]
     make = functools.partial(DatumInput, pfs.name, pfs.repo, pfs.branch)
     commit, join_on, group_by = repo.commit, pfs.join_on, pfs.group_by
-    extra = {"empty_files": pfs.empty_files, "outer_join": pfs.outer_join}
+    extra = {"empty_files": pfs.empty_files, "outer_join": pfs.outer_join,
+             "project": pfs.project}
     matched: list[DatumInput] = []
     if "$" not in join_on and "$" not in group_by:
         # No template needs the capture groups: a plain match per entry (100k-file repos).

@@ -114,7 +114,7 @@ class DatumFiles:
         datum = self.view.datum
         for inp in datum.inputs if datum is not None else ():
             if os.fsencode(inp.name) == top:
-                return self.repos[inp.repo]
+                return self.repos[inp.repo_key]
         return None
 
 

@@ -293,7 +293,7 @@ def plan_job(spec: PipelineSpec, repos: Mapping[str, RepoIndex], datums: Sequenc
         else:
             to_run.append(d)
             rows.append((d.id, known, inputs, "pending"))
-    ledger.start_job(job_id, spec.name, spec_hash, spec.salt, len(datums))
+    ledger.start_job(job_id, spec.location, spec_hash, spec.salt, len(datums))
     output.job_id = job_id
     output.register_later(rows)
     output.load_index()
@@ -310,8 +310,8 @@ async def run_job(
     spec_hash: str = "",
 ) -> JobReport:
     """Mount /pfs, run the user code over every datum that needs it, commit as datums end."""
-    work = work_dir(opts.data_dir, spec.name)
-    lock_fd = lock_pipeline(work, spec.name)
+    work = work_dir(opts.data_dir, spec.location)
+    lock_fd = lock_pipeline(work, spec.location)
     try:
         return await _locked_job(spec, repos, datums, opts, console, spec_hash, work)
     finally:
@@ -338,7 +338,7 @@ async def _locked_job(
         ledger = Ledger(os.path.join(work, "ledger.sqlite"))
     except LedgerError as exc:
         raise RunError(str(exc)) from None
-    output = OutputRepo(opts.data_dir, spec.name, ledger)
+    output = OutputRepo(opts.data_dir, spec.location, ledger)
     try:
         with bulk_allocation():
             plan = await trio.to_thread.run_sync(
@@ -358,7 +358,7 @@ async def _locked_job(
         console.warn(f"{plural(len(untracked), 'file')} in {output.repo_dir} "
                      f"{'was' if len(untracked) == 1 else 'were'} not written by any "
                      f"datum (e.g. {untracked[0]}); they are left as they are")
-    joblog = JobLog(opts.data_dir, spec.name, plan.job_id)
+    joblog = JobLog(opts.data_dir, spec.location, plan.job_id)
     rundir = run_dir(work)
     await trio.to_thread.run_sync(rundir.create)
     sandbox = await choose(rundir, shared_tmp=opts.shared_tmp, needed=[
@@ -453,7 +453,7 @@ def _only_run_error(group: BaseExceptionGroup) -> RunError | None:
 def preflight(spec: PipelineSpec, repos: Mapping[str, RepoIndex], opts: RunOptions) -> None:
     """Refuse, with StartError, a run that could only fail later (see preflight.py)."""
     check_port(opts.port)
-    check_mountpoint_outside(opts.mountpoint, opts.data_dir, spec.name, repos.keys())
+    check_mountpoint_outside(opts.mountpoint, opts.data_dir, spec.location, repos.keys())
     cwd = opts.workdir or os.getcwd()
     # The PATH the user code will get, with real shims in it, so `pachctl` resolves as then.
     with tempfile.TemporaryDirectory(prefix="pfsmount-check-") as scratch:

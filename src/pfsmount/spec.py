@@ -33,6 +33,7 @@ from typing import Any, TypeAlias
 import yaml
 
 from pfsmount.glob import GlobError, compile_glob, template_groups
+from pfsmount.store.local import DEFAULT_PROJECT, repo_location
 
 __all__ = [
     "CrossInput",
@@ -78,6 +79,12 @@ class PfsInput:
     group_by: str = ""
     lazy: bool = False
     empty_files: bool = False
+    project: str = DEFAULT_PROJECT
+
+    @property
+    def repo_key(self) -> str:
+        """Where the repo lives under the data directory; also its key among opened repos."""
+        return repo_location(self.project, self.repo)
 
 
 @dataclass(frozen=True)
@@ -141,6 +148,13 @@ class PipelineSpec:
     parallelism: int = 1
     source: str = ""
     warnings: tuple[str, ...] = ()
+    project: str = DEFAULT_PROJECT
+
+    @property
+    def location(self) -> str:
+        """The output repo's place under the data directory, and the pipeline's key in
+        `DATA/.pfsmount/`: the name, or `@<project>/<name>` outside the default project."""
+        return repo_location(self.project, self.name)
 
 
 def iter_pfs(node: Input) -> Iterator[PfsInput]:
@@ -167,8 +181,7 @@ _IGNORED_TOP = frozenset(
 _IGNORED_TRANSFORM = frozenset(
     {"debug", "dockerfile", "image", "image_pull_secrets", "memory_volume", "secrets", "user"}
 )
-_IGNORED_PFS = frozenset({"project", "propagation_spec", "repo_type", "trigger"})
-_IGNORED_PIPELINE = frozenset({"project"})
+_IGNORED_PFS = frozenset({"propagation_spec", "repo_type", "trigger"})
 _IGNORED_PARALLELISM = frozenset({"coefficient"})
 
 # Pachyderm fields that change what the pipeline does and that pfsmount does not implement.
@@ -196,7 +209,8 @@ _TOP_FIELDS = frozenset(
         "reprocess_spec", "salt", "parallelism_spec",
     }
 )  # fmt: skip
-_PIPELINE_FIELDS = frozenset({"name"})
+_PIPELINE_FIELDS = frozenset({"name", "project"})
+_PROJECT_FIELDS = frozenset({"name"})
 _TRANSFORM_FIELDS = frozenset(
     {
         "cmd", "stdin", "err_cmd", "err_stdin", "env", "working_dir", "datum_batching",
@@ -204,8 +218,11 @@ _TRANSFORM_FIELDS = frozenset(
     }
 )  # fmt: skip
 _PFS_FIELDS = frozenset(
-    {"name", "repo", "branch", "glob", "join_on", "outer_join", "group_by", "lazy", "empty_files"}
-)
+    {
+        "name", "repo", "branch", "glob", "join_on", "outer_join", "group_by", "lazy",
+        "empty_files", "project",
+    }
+)  # fmt: skip
 _INPUT_KINDS = ("pfs", "cross", "union", "join", "group")
 _PARALLELISM_FIELDS = frozenset({"constant"})
 
@@ -429,6 +446,8 @@ class _Context:
         self.source = source
         self.ignored: list[str] = []
         self.warnings: list[str] = []
+        # The pipeline's project: a pfs input without `project` reads a repo of it.
+        self.project = DEFAULT_PROJECT
 
     def error(self, path: str, message: str) -> SpecError:
         return SpecError(f"{self.source}: {path}: {message}")
@@ -571,11 +590,12 @@ class _Fields:
 
 def _build_spec(document: dict[str, Any], ctx: _Context) -> PipelineSpec:
     top = _Fields(document, "", ctx, _TOP_FIELDS, _IGNORED_TOP, _REFUSED_TOP)
-    name = _pipeline_name(top, ctx)
+    name, ctx.project = _pipeline_name(top, ctx)
     if not top.has("input"):
         raise ctx.error("input", "required; e.g. input: {pfs: {repo: images, glob: '/*'}}")
     root = _input(top.raw("input"), top.where("input"), ctx)
     _check_names(root, top.where("input"), ctx)
+    _check_project_clashes(root, top.where("input"), ctx)
     _warn_keys_outside(root, ctx, top.where("input"), in_join=False, in_group=False)
     if not top.has("transform"):
         raise ctx.error("transform", "required; e.g. transform: {cmd: [python3, main.py]}")
@@ -592,15 +612,26 @@ def _build_spec(document: dict[str, Any], ctx: _Context) -> PipelineSpec:
         parallelism=_parallelism(top, ctx),
         source=ctx.source,
         warnings=(),
+        project=ctx.project,
     )
     return replace(spec, warnings=ctx.all_warnings())
 
 
-def _pipeline_name(top: _Fields, ctx: _Context) -> str:
+def _pipeline_name(top: _Fields, ctx: _Context) -> tuple[str, str]:
+    """The pipeline's name and project."""
     if not top.has("pipeline"):
         raise ctx.error("pipeline", "required; e.g. pipeline: {name: my-pipeline}")
-    pipeline = _Fields(top.raw("pipeline"), top.where("pipeline"), ctx, _PIPELINE_FIELDS,
-                       _IGNORED_PIPELINE)
+    pipeline = _Fields(top.raw("pipeline"), top.where("pipeline"), ctx, _PIPELINE_FIELDS)
+    project = DEFAULT_PROJECT
+    if pipeline.has("project"):
+        where = pipeline.where("project")
+        raw = pipeline.raw("project")
+        if isinstance(raw, str):
+            raise ctx.error(where, f"expected a mapping with the project's name, got "
+                                   f"{_describe(raw)}; write project: {{name: {raw}}}")
+        fields = _Fields(raw, where, ctx, _PROJECT_FIELDS)
+        project = fields.string("name") or DEFAULT_PROJECT
+        _check_name(project, fields.where("name"), ctx, "project")
     name = pipeline.string("name", required="e.g. pipeline: {name: my-pipeline}")
     where = pipeline.where("name")
     _check_name(name, where, ctx, "pipeline")
@@ -609,7 +640,7 @@ def _pipeline_name(top: _Fields, ctx: _Context) -> str:
             where, f"{_short(name)} is {len(name)} characters long; use at most "
                    f"{_MAX_PIPELINE_NAME}"
         )
-    return name
+    return name, project
 
 
 def _check_name(name: str, where: str, ctx: _Context, what: str) -> None:
@@ -855,6 +886,9 @@ def _pfs(raw: object, path: str, ctx: _Context) -> PfsInput:
         _check_input_name(name, p.where("repo"), ctx)
     branch = p.string("branch") or "master"
     _check_name(branch, p.where("branch"), ctx, "branch")
+    # As in Pachyderm, an input without a project reads a repo of the pipeline's project.
+    project = p.string("project") or ctx.project
+    _check_name(project, p.where("project"), ctx, "project")
     glob_text = p.string("glob", required="e.g. glob: '/*' (one datum per top-level entry)")
     try:
         glob = compile_glob(glob_text)
@@ -872,6 +906,7 @@ def _pfs(raw: object, path: str, ctx: _Context) -> PfsInput:
         group_by=p.string("group_by"),
         lazy=p.boolean("lazy"),
         empty_files=p.boolean("empty_files"),
+        project=project,
     )
 
 
@@ -921,6 +956,36 @@ def _check_names(node: Input, path: str, ctx: _Context) -> set[str]:
             )
         seen |= names
     return seen
+
+
+def _check_project_clashes(node: Input, path: str, ctx: _Context) -> None:
+    """Same name, repo and branch in two projects: equal datum ids for different files.
+
+    Pachyderm's datum id hashes the input's name, repo, branch and path but not the project,
+    and union branches may share a name; pfsmount refuses the one case where ids would clash.
+    """
+    seen: dict[tuple[str, str, str], tuple[str, str]] = {}
+    for where, pfs in _pfs_paths(node, path):
+        key = (pfs.name, pfs.repo, pfs.branch)
+        first = seen.setdefault(key, (pfs.project, where))
+        if first[0] != pfs.project:
+            raise ctx.error(
+                where,
+                f"input {pfs.name!r} reads repo {pfs.repo!r} of project {pfs.project!r}, and "
+                f"{first[1]} reads repo {pfs.repo!r} of project {first[0]!r} under the same "
+                "name; their datums would get equal ids (a datum id hashes the input's name, "
+                "repo, branch and path, not its project): give one of them a different name "
+                "with name: ...",
+            )
+
+
+def _pfs_paths(node: Input, path: str) -> Iterator[tuple[str, PfsInput]]:
+    """Every pfs input with its field path, e.g. "input.union[1].pfs"."""
+    if isinstance(node, PfsInput):
+        yield f"{path}.pfs", node
+        return
+    for i, child in enumerate(node.children):
+        yield from _pfs_paths(child, f"{path}.{_kind(node)}[{i}]")
 
 
 def _kind(node: Input) -> str:

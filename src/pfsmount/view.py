@@ -133,7 +133,7 @@ def build_view(
     """Build the tree user code sees for `datum`: /pfs/<name>/<full path>, plus /pfs/.env."""
     b = _Builder()
     for inp in datum.inputs:
-        repo = repos[inp.repo]
+        repo = repos[inp.repo_key]
         _add_input(b, inp.name, inp.path, repo, empty_files=inp.empty_files)
     env_node = Node(mode=ENV_MODE, size=len(env_text), mtime_ns=0, data=env_text)
     b.top[b".env"] = b.add(env_node)

@@ -1,5 +1,9 @@
 """Repos as plain local directories: `DATA/<repo>/...` is the repo's content.
 
+Repos of a project other than `default` live in `DATA/@<project>/<repo>`. No repo or project
+name can start with "@" (or contain "/"), so the layout is never ambiguous: `DATA/@x` is never
+a repo of the default project, and `DATA/<name>` never belongs to another project.
+
 A `RepoIndex` is one listing of such a directory, taken once and never refreshed, so every datum
 of a job sees the same repo state — the local stand-in for a Pachyderm input commit. Listing
 reads metadata only (lstat, no symlink following); file content is read later, lazily, through
@@ -24,11 +28,13 @@ from typing import NamedTuple
 from pfsmount import _linux
 from pfsmount.names import FS_ENCODING, FS_ERRORS
 
-__all__ = ["Entry", "RepoIndex", "StoreError", "open_repo"]
+__all__ = ["DEFAULT_PROJECT", "Entry", "RepoIndex", "StoreError", "open_repo", "repo_location"]
 
 log = logging.getLogger(__name__)
 
 _REPO_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+DEFAULT_PROJECT = "default"
+_PROJECT_PREFIX = "@"
 _ENTRY_RECORD = struct.Struct(">IQq")
 _PATH_LENGTH = struct.Struct(">I")
 
@@ -179,36 +185,65 @@ class RepoIndex:
         return h.hexdigest()
 
 
-def open_repo(data_dir: str, repo: str) -> RepoIndex:
-    """List `data_dir/repo` once and return its index; raise `StoreError` if it is unusable."""
-    root = os.path.abspath(os.path.join(data_dir, repo))
-    _check_repo_dir(repo, root)
-    root_fd, entries = _walk(repo, root)
+def repo_location(project: str, repo: str) -> str:
+    """Where a repo (or a pipeline's output repo) lives, relative to the data directory.
+
+    The default project keeps the original layout, `<repo>`; any other is `@<project>/<repo>`.
+    """
+    if project == DEFAULT_PROJECT:
+        return repo
+    return f"{_PROJECT_PREFIX}{project}/{repo}"
+
+
+def open_repo(data_dir: str, repo: str, project: str = DEFAULT_PROJECT) -> RepoIndex:
+    """List the repo's directory once and return its index; raise `StoreError` if unusable."""
+    for what, name in (("project", project), ("repo", repo)):
+        if not _REPO_NAME.fullmatch(name):
+            raise StoreError(
+                f"{what} name {name!r} is not valid: use only letters, digits, '_' and '-' "
+                "(a repo is one directory directly under the data directory, or under "
+                "DATA/@<project> for a project other than 'default')"
+            )
+    label = repo if project == DEFAULT_PROJECT else f"{project}/{repo}"
+    root = os.path.abspath(os.path.join(data_dir, repo_location(project, repo)))
+    _check_repo_dir(label, root, data_dir, project, repo)
+    root_fd, entries = _walk(label, root)
     if not any(not e.is_dir for e in entries):
         os.close(root_fd)
         raise StoreError(
-            f"repo {repo!r} is empty: {root} contains no files (Pachyderm runs no job on an "
+            f"repo {label!r} is empty: {root} contains no files (Pachyderm runs no job on an "
             f"empty input commit; add the input files under {root})"
         )
-    index = RepoIndex(repo, root, entries, root_fd)
-    log.debug("listed repo %s: %d entries, commit %s", repo, len(index.entries), index.commit)
+    index = RepoIndex(label, root, entries, root_fd)
+    log.debug("listed repo %s: %d entries, commit %s", label, len(index.entries), index.commit)
     return index
 
 
-def _check_repo_dir(repo: str, root: str) -> None:
-    if not _REPO_NAME.fullmatch(repo):
+def _check_repo_dir(label: str, root: str, data_dir: str, project: str, repo: str) -> None:
+    # A directory that looks meant for this repo but is where the layout does not read it.
+    default = project == DEFAULT_PROJECT
+    other = os.path.abspath(os.path.join(
+        data_dir, f"{_PROJECT_PREFIX}{DEFAULT_PROJECT}" if default else project, repo))
+    misplaced = os.path.isdir(other)
+    if misplaced and default and os.path.isdir(root):
+        # DATA/@default/<repo> means nothing in the layout, yet someone put the repo there:
+        # either directory could be the one meant, so refuse to guess. (DATA/P/<repo> beside
+        # DATA/@P/<repo> is fine: it is a directory inside the default project's repo P.)
         raise StoreError(
-            f"repo name {repo!r} is not valid: use only letters, digits, '_' and '-' "
-            "(a repo is one directory directly under the data directory)"
+            f"repo {label!r} is {root}, but {other} also exists and looks like the same repo; "
+            "repos of the default project live directly in the data directory (only other "
+            "projects P have DATA/@P/): merge the two and remove the @default one"
         )
     if not os.path.exists(root):
-        raise StoreError(
-            f"repo {repo!r} not found: {root} does not exist (create it, or pass --data DIR "
-            "pointing at the directory that holds your repos)"
-        )
+        hint = (f"; {other} exists: move it to {root} (repos of project P live in DATA/@P/, "
+                "the default project's directly in the data directory)"
+                if misplaced else
+                " (create it, or pass --data DIR pointing at the directory that holds your "
+                "repos)")
+        raise StoreError(f"repo {label!r} not found: {root} does not exist{hint}")
     if not os.path.isdir(root):
         raise StoreError(
-            f"repo {repo!r} is not a directory: {root} (a repo must be a directory of files; "
+            f"repo {label!r} is not a directory: {root} (a repo must be a directory of files; "
             "move the file into a directory of that name)"
         )
 
