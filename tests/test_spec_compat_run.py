@@ -74,7 +74,7 @@ def test_tutorial_negated_glob_makes_one_datum_per_dotless_entry(tmp_path: Path)
 
 # Copies its one input file to /pfs/out as <input name>-<file name>.
 COPY_INPUT = ('for n in prod stage; do f="${!n}"; [ -n "$f" ] && '
-              'cp "$f" "$MNT/out/$n-$(basename "$f")"; done; true')
+              'cp "$f" "$MNT/out/$n-$(basename "$f")" && echo "copied $n $f"; done; true')
 
 
 def test_a_union_over_two_projects_reads_both_and_keeps_pipelines_apart(
@@ -119,6 +119,10 @@ def test_a_union_over_two_projects_reads_both_and_keeps_pipelines_apart(
         assert jobs.returncode == 0, jobs.stderr
         (job,) = jobs.stdout.splitlines()[1:]
         assert job.split()[1] == "success", jobs.stdout
+        logs = subprocess.run([PY, "-m", "pfsmount", "logs", location, "--data", str(data)],
+                              capture_output=True, text=True, timeout=60)
+        assert logs.returncode == 0, logs.stderr
+        assert f"copied stage {mnt}/stage/c.png" in logs.stdout
     # The input repos were only read.
     assert read_tree(data / "@staging" / "images") == {
         f"{n}.png": f"staging-{n}".encode() for n in "abc"}
