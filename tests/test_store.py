@@ -221,4 +221,6 @@ def test_hundred_thousand_files_list_quickly(fast_dir: Path) -> None:
     elapsed = time.perf_counter() - start
     assert len(index.entries) == 1 + 100 + 100_000
     assert len(index.subtree("/d050")) == 1001
-    assert elapsed < 2.0, f"listing 100k files took {elapsed:.2f}s"
+    # A sanity bound, not the speed target (that lives in scripts/bench's scale section):
+    # ~1 s alone, over 2 s on a loaded 2-core machine; a quadratic walk would take minutes.
+    assert elapsed < 10, f"listing 100k files took {elapsed:.2f}s"
