@@ -41,6 +41,7 @@ from pfsmount.peers import JobPeers
 from pfsmount.preflight import StartError, check_mountpoint_outside, check_port, check_program
 from pfsmount.protocol import WorkerServer
 from pfsmount.sandbox import RunDir, Sandbox, absolute_paths, choose, run_dir
+from pfsmount.shims import NATIVE_PACHCTL, write_pachctl
 from pfsmount.spec import PipelineSpec
 from pfsmount.store.local import RepoIndex
 from pfsmount.supervisor import Supervisor, fmt_seconds
@@ -180,15 +181,14 @@ def mount_options() -> set[str]:
 
 def write_shims(bin_dir: str) -> None:
     """`pachctl` and `pfsmount` on the user code's PATH, bound to pfsmount's interpreter."""
-    scripts = {
-        "pachctl": f'#!/bin/sh\nexec "{sys.executable}" -m pfsmount.pachctl "$@"\n',
-        "pfsmount": f'#!/bin/sh\nexec "{sys.executable}" -m pfsmount "$@"\n',
-    }
-    for name, body in scripts.items():
-        path = os.path.join(bin_dir, name)
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(body)
-        os.chmod(path, 0o755)
+    path = os.path.join(bin_dir, "pfsmount")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(f'#!/bin/sh\nexec "{sys.executable}" -m pfsmount "$@"\n')
+    os.chmod(path, 0o755)
+    if not write_pachctl(bin_dir):
+        log.info("the compiled pachctl shim %s is not built (scripts/setup builds it); shell "
+                 "loops over `pachctl next datum` pay a Python start-up per datum",
+                 NATIVE_PACHCTL)
 
 
 def user_env(spec: PipelineSpec, port: int, rundir: RunDir) -> dict[str, str]:

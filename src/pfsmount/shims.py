@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import socket
 import sys
 import time
@@ -26,6 +27,12 @@ from pfsmount.wire import (
 )
 
 PORT_ENV = "PPS_WORKER_GRPC_PORT"
+
+# The compiled `pachctl next datum` (native/pachctl.c), built into the environment pfsmount is
+# installed in by scripts/setup. A shell loop pays a Python start-up per datum without it.
+NATIVE_PACHCTL = os.path.join(sys.prefix, "libexec", "pfsmount", "pachctl")
+# What the compiled shim runs, from its own directory, for anything but `next datum`.
+PYTHON_PACHCTL = ".pachctl-python"
 
 # pachctl gives up dialling the worker after 5 s; a module attribute so tests can shorten it.
 PACHCTL_CONNECT_TIMEOUT = 5.0
@@ -68,6 +75,28 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         raise _UsageError(f"{message} (see `{self.prog} --help`)")
+
+
+def write_pachctl(bin_dir: str, native: str | None = None) -> bool:
+    """Put `pachctl` in `bin_dir`: the compiled shim when it is built, else the Python one.
+
+    The Python shim goes there either way, as `.pachctl-python`: the compiled one hands it every
+    command but `next datum`. Returns whether the compiled shim was installed.
+    """
+    native = NATIVE_PACHCTL if native is None else native
+    script = f'#!/bin/sh\nexec "{sys.executable}" -m pfsmount.pachctl "$@"\n'
+    python_shim = os.path.join(bin_dir, PYTHON_PACHCTL)
+    with open(python_shim, "w", encoding="utf-8") as f:
+        f.write(script)
+    os.chmod(python_shim, 0o755)
+    target = os.path.join(bin_dir, "pachctl")
+    # Copied, not linked: it finds `.pachctl-python` next to itself through /proc/self/exe.
+    if os.access(native, os.X_OK):
+        shutil.copyfile(native, target)
+    else:
+        shutil.copyfile(python_shim, target)
+    os.chmod(target, 0o755)
+    return os.access(native, os.X_OK)
 
 
 def next_datum_main(argv: list[str]) -> int:
