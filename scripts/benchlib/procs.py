@@ -140,8 +140,11 @@ class Job:
 
 
 def run_pfsmount(ctx: Context, name: str, spec: dict[str, Any],
-                 stop: Callable[[], bool] | None = None) -> Job:
+                 stop: Callable[[], bool] | None = None,
+                 env: Mapping[str, str] | None = None) -> Job:
     """`pfsmount run` at /pfs in a private mount namespace; waits for it to end.
+
+    `env` is added to the environment pfsmount is launched with (and user code inherits).
 
     With `stop`, pfsmount is stopped (SIGTERM, as Ctrl-C would) as soon as `stop()` is true,
     for measurements that need only part of a long job.
@@ -158,7 +161,8 @@ def run_pfsmount(ctx: Context, name: str, spec: dict[str, Any],
         t0 = time.perf_counter()
         # `python3` in a cmd is the user's: here one with pachyderm-sdk, pfsmount's venv.
         path = os.pathsep.join([str(VENV_PY.parent), os.environ.get("PATH", os.defpath)])
-        proc = ctx.janitor.spawn(cmd, env={**os.environ, "PATH": path}, stdout=out,
+        proc = ctx.janitor.spawn(cmd, env={**os.environ, **(env or {}), "PATH": path},
+                                 stdout=out,
                                  stderr=err)
         memory = PeakMemory(proc.pid)
         try:

@@ -54,16 +54,28 @@ def judge(results: Mapping[str, Any]) -> list[Target]:
     return targets
 
 
+# Issue 13's limits on the overhead per datum of each client, in ms.
+OVERHEAD_LIMITS_MS = {
+    "pfsmount_client": 0.7,
+    "pachyderm_sdk": 2.0,
+    "pachyderm_sdk_env40": 2.0,
+    "bare_grpc": 1.0,
+    "pachctl_loop": 5.0,
+    "pachctl_subprocess": 5.0,
+}
+
+
 def _per_datum_targets(r: Mapping[str, Any]) -> list[Target]:
-    own = r["alternatives"]["pfsmount_client"]
-    sdk = r["alternatives"]["pachyderm_sdk"]
+    alternatives = r["alternatives"]
+    own = alternatives["pfsmount_client"]
     return [
-        at_most("overhead per datum, pfsmount client", own["overhead_ms_per_datum"], 1.0, "ms"),
+        *(at_most(f"overhead per datum, {ALTERNATIVES[key].removeprefix('pfsmount + ')}",
+                  alternatives[key]["overhead_ms_per_datum"], limit, "ms")
+          for key, limit in OVERHEAD_LIMITS_MS.items()),
         at_least("datums/s, pfsmount client (datum loop)", own["datums_per_second"],
                  1000, "/s"),
         at_least("datums/s, pfsmount client (whole job incl. start-up)",
                  own["job_datums_per_second"], 1000, "/s"),
-        at_most("overhead per datum, pachyderm-sdk", sdk["overhead_ms_per_datum"], 2.0, "ms"),
     ]
 
 

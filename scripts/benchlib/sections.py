@@ -42,9 +42,14 @@ ALTERNATIVES: dict[str, str] = {
     "floor": "floor: Python loop over the repo dir",
     "pfsmount_client": "pfsmount + pfsmount client",
     "pachyderm_sdk": "pfsmount + pachyderm-sdk decorator",
-    "pachctl_loop": "pfsmount + `pachctl next datum` loop",
+    "pachyderm_sdk_env40": "pfsmount + pachyderm-sdk, 40 more env variables",
+    "bare_grpc": "pfsmount + bare Pachyderm-wire gRPC client",
+    "pachctl_loop": "pfsmount + `pachctl next datum` shell loop",
+    "pachctl_subprocess": "pfsmount + `pachctl next datum` via subprocess.run",
     "process_per_datum": "pfsmount without batching (process per datum)",
 }
+# What a launching shell adds to the environment; the user code inherits all of it.
+EXTRA_ENV = {f"BENCH_SHELL_VAR_{i:02d}": f"value-{i:02d}-" + "x" * 40 for i in range(40)}
 
 
 def per_datum(ctx: Context) -> dict[str, Any]:
@@ -59,9 +64,15 @@ def per_datum(ctx: Context) -> dict[str, Any]:
             _pfsmount_loop(ctx, "bench-own", ["python3", USERCODE, "own"], i))
         runs["pachyderm_sdk"].append(
             _pfsmount_loop(ctx, "bench-sdk", ["python3", USERCODE, "sdk"], i))
+        runs["pachyderm_sdk_env40"].append(
+            _pfsmount_loop(ctx, "bench-sdk40", ["python3", USERCODE, "sdk"], i, env=EXTRA_ENV))
+        runs["bare_grpc"].append(
+            _pfsmount_loop(ctx, "bench-grpc", ["python3", USERCODE, "grpc"], i))
+        runs["pachctl_loop"].append(
+            _pfsmount_loop(ctx, "bench-pachctl", ["bash", PACHCTL_LOOP], i))
+        runs["pachctl_subprocess"].append(
+            _pfsmount_loop(ctx, "bench-pachctl-py", ["python3", USERCODE, "subprocess"], i))
         if i < ctx.repeat_slow:
-            runs["pachctl_loop"].append(
-                _pfsmount_loop(ctx, "bench-pachctl", ["bash", PACHCTL_LOOP], i))
             runs["process_per_datum"].append(_pfsmount_loop(
                 ctx, "bench-classic", ["python3", "-c", PER_PROCESS_SNIPPET], i,
                 batching=False))
@@ -95,11 +106,11 @@ def _floor(ctx: Context, repo: Path, i: int) -> dict[str, Any]:
 
 
 def _pfsmount_loop(ctx: Context, pipeline: str, cmd: Sequence[str], i: int,
-                   batching: bool = True) -> dict[str, Any]:
+                   batching: bool = True, env: dict[str, str] | None = None) -> dict[str, Any]:
     name = f"{pipeline}-{i}"
     spec = batching_spec(pipeline, "files", "/*", cmd, {})
     spec["transform"]["datum_batching"] = batching
-    job = run_pfsmount(ctx, name, spec)
+    job = run_pfsmount(ctx, name, spec, env=env)
     expect_exit(job, name)
     return {"loop_seconds": loop_seconds(ctx.data / pipeline, ctx.sizes.datums),
             "job_seconds": job.seconds, "peak_rss_mb": job.peak_rss_kb / 1024}

@@ -3,6 +3,10 @@
 Modes that run under `pfsmount run` (the datum's files come from /pfs):
 
 - `own`, `sdk`: the per-datum loop with pfsmount's client or pachyderm-sdk's decorator.
+- `subprocess`: the loop Pachyderm's docs show, `subprocess.run(["pachctl", "next", "datum"])`
+  per datum, then the datum's variables from /pfs/.env.
+- `grpc`: a bare Pachyderm-wire gRPC client (one channel, raw bytes, no protobuf library),
+  reading the datum's variables from the response instead of /pfs/.env.
 - `reads`: read the 1 GiB file cold, then again warm.
 - `small`: walk and read the 10,000-file datum, twice.
 - `swap`: time every NextDatum call.
@@ -54,6 +58,33 @@ def sdk() -> None:
     from pachyderm_sdk import batch_all_datums
 
     batch_all_datums(_datum)()
+
+
+def pachctl_subprocess() -> None:
+    import subprocess
+
+    while subprocess.run(["pachctl", "next", "datum"], check=False).returncode == 0:
+        with open("/pfs/.env") as f:
+            env = dict(line.rstrip("\n").split("=", 1) for line in f if "=" in line)
+        handle_datum(env["files"], OUT)
+
+
+def bare_grpc() -> None:
+    import grpc
+
+    # NextDatumRequest {} is empty; the response's `repeated string env = 1` is decoded by
+    # hand (short strings: one-byte lengths), as a minimal client in any language would.
+    with grpc.insecure_channel(f"127.0.0.1:{os.environ['PPS_WORKER_GRPC_PORT']}") as channel:
+        call = channel.unary_unary("/pachyderm.worker.Worker/NextDatum")
+        while True:
+            data = call(b"")
+            pos, env = 0, {}
+            while pos < len(data):
+                size = data[pos + 1]
+                key, _, value = data[pos + 2:pos + 2 + size].decode().partition("=")
+                env[key] = value
+                pos += 2 + size
+            handle_datum(env["files"], OUT)
 
 
 def floor(repo: str, out: str) -> None:
@@ -186,6 +217,8 @@ def _all_datums(next_datum: Callable[[], object], arrived: float) -> None:
 MODES: dict[str, Callable[..., None]] = {
     "own": own,
     "sdk": sdk,
+    "subprocess": pachctl_subprocess,
+    "grpc": bare_grpc,
     "floor": floor,
     "reads": reads,
     "reads-direct": reads_direct,
