@@ -112,15 +112,19 @@ async def test_blocks_after_the_last_datum_and_fails_when_the_job_ends(
             await n.start(serve_local, path, loop)
             for _ in range(2):
                 assert (await _pachctl(bin_dir, ["next", "datum"], path)).returncode == 0
-            proc = await n.start(lambda task_status: trio.run_process(
-                [str(bin_dir / "pachctl"), "next", "datum"], env=_env(path), check=False,
-                stderr=subprocess.PIPE, task_status=task_status))
-            await trio.sleep(0.5)
-            assert proc.returncode is None, "pachctl returned after the last datum"
-            # The server going away (pfsmount ending) is an error, never a "next datum".
-            n.cancel_scope.cancel()
-    await proc.wait()
+            # Not tied to the nursery: cancelling the server must not kill it.
+            proc = await trio.lowlevel.open_process(
+                [str(bin_dir / "pachctl"), "next", "datum"], env=_env(path),
+                stderr=subprocess.DEVNULL)
+            try:
+                await trio.sleep(0.5)
+                assert proc.returncode is None, "pachctl returned after the last datum"
+            finally:
+                # The server going away (pfsmount ending) is an error, never a "next datum".
+                n.cancel_scope.cancel()
+        await proc.wait()
     assert proc.returncode == 1
+    assert len(loop.calls) == 3
 
 
 @pytest.mark.parametrize(
