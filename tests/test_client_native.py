@@ -18,6 +18,7 @@ import trio
 
 from pfsmount import shims
 from pfsmount.local import serve_local
+from pfsmount.peers import JobPeers
 from pfsmount.protocol import Reply, WorkerGone, WorkerRefused
 from pfsmount.wire import LOCAL_SOCKET_ENV
 
@@ -145,6 +146,21 @@ async def test_a_refusal_is_exit_1_with_the_workers_message(
         done = await _pachctl(bin_dir, ["next", "datum"], path)
         n.cancel_scope.cancel()
     assert (done.returncode, done.stdout, done.stderr) == (1, b"", message)
+
+
+async def test_a_process_outside_the_job_is_refused(bin_dir: Path, tmp_path: Path) -> None:
+    """The compiled shim is checked like any caller: not in the job's tree, no datum."""
+    loop = FakeLoop()
+    path = str(tmp_path / "w.sock")
+    peers = JobPeers()
+    peers.follow(lambda: [])  # a job whose user code is none of this test's processes
+    async with trio.open_nursery() as n:
+        await n.start(serve_local, path, loop, peers)
+        done = await _pachctl(bin_dir, ["next", "datum"], path)
+        n.cancel_scope.cancel()
+    assert done.returncode == 1
+    assert b"no process of this job's user code" in done.stderr
+    assert loop.calls == []
 
 
 async def test_no_worker_is_exit_1_naming_the_socket(bin_dir: Path, tmp_path: Path) -> None:
