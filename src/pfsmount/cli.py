@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import os
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pfsmount import __version__
@@ -18,6 +16,7 @@ from pfsmount.names import display, json_text
 
 if TYPE_CHECKING:
     from pfsmount.datums import DatumInput
+    from pfsmount.spec import PipelineSpec, SpecDocument
 
 # The exit codes of `pfsmount run`, documented in README.md ("Exit codes").
 EXIT_OK = 0  # every datum succeeded (or was recovered by err_cmd)
@@ -44,9 +43,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"pfsmount {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
-    run = sub.add_parser("run", help="run a pipeline over its datums")
-    run.add_argument("spec", help="pipeline spec (YAML or JSON, Pachyderm's format)")
+    run = sub.add_parser("run", help="run a pipeline, or a DAG of pipelines, over their datums")
+    run.add_argument("spec", nargs="+",
+                     help="pipeline spec (YAML or JSON, Pachyderm's format); several specs, "
+                          "files of several `---`-separated pipelines or directories of specs "
+                          "run as one DAG")
     _data_arg(run)
+    run.add_argument("--watch", action="store_true",
+                     help="after the DAG is up to date, re-run what new or changed input data "
+                          "affects, until Ctrl-C")
+    run.add_argument("--poll-interval", type=_seconds, default=None, metavar="SECONDS",
+                     help="with --watch: poll the input repos every SECONDS instead of using "
+                          "inotify")
     run.add_argument("--mountpoint", default="/pfs",
                      help="where to mount the datum view (default: /pfs)")
     run.add_argument("--port", type=_port, default=0,
@@ -62,14 +70,23 @@ def build_parser() -> argparse.ArgumentParser:
     ls.add_argument("--job", default=None, metavar="JOB",
                     help="show each datum's state in this recorded job (id prefix)")
 
-    lj = sub.add_parser("list-jobs", help="the recorded jobs of a pipeline")
-    lj.add_argument("pipeline", help="pipeline spec file, or pipeline name")
+    lj = sub.add_parser("list-jobs", help="the recorded jobs of pipelines")
+    lj.add_argument("pipeline", nargs="+",
+                    help="pipeline spec files or directories (every pipeline in them), or "
+                         "pipeline names")
     _data_arg(lj)
 
     ij = sub.add_parser("inspect-job", help="counts, timings and failures of one job")
-    ij.add_argument("pipeline", help="pipeline spec file, or pipeline name")
-    ij.add_argument("job", nargs="?", default="", help="job id (prefix); default: the latest")
+    ij.add_argument("pipeline", nargs="+", metavar="PIPELINE [JOB]",
+                    help="pipeline spec files or directories, or pipeline names; then, for one "
+                         "pipeline, a job id (prefix); default: each pipeline's latest job")
+    ij.add_argument("--job", default=None, help="job id (prefix) of the one pipeline")
     _data_arg(ij)
+
+    dg = sub.add_parser("dag", help="print the DAG of pipelines and each one's last job")
+    dg.add_argument("spec", nargs="+", help="pipeline spec files or directories of them")
+    _data_arg(dg)
+    dg.add_argument("--dot", action="store_true", help="Graphviz dot instead of text")
 
     lg = sub.add_parser("logs", help="show what the user code printed, per datum")
     lg.add_argument("pipeline", help="pipeline spec file, or pipeline name")
@@ -94,6 +111,16 @@ def _port(text: str) -> int:
         raise argparse.ArgumentTypeError(
             f"{text!r} is not a TCP port: use 1-65535, or 0 to let the system choose one")
     return port
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 86400:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds (0 < s <= 86400)")
+    return value
 
 
 def _data_arg(p: argparse.ArgumentParser) -> None:
@@ -133,6 +160,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_list_jobs(args, console)
         if args.command == "inspect-job":
             return _cmd_inspect_job(args, console)
+        if args.command == "dag":
+            from pfsmount.dagcli import cmd_dag
+
+            return cmd_dag(args, console)
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
     except LedgerError as exc:
@@ -154,10 +185,7 @@ def _setup_logging(console: Console, *, verbose: bool) -> None:
 
 def _load(args: argparse.Namespace, console: Console):
     """Spec, repos and datums, or None after printing why not."""
-    from pfsmount.datums import expand, open_repos
-    from pfsmount.memory import bulk_allocation
     from pfsmount.spec import SpecError, load_spec
-    from pfsmount.store.local import StoreError
 
     data_dir = os.path.abspath(args.data or _default_data_dir())
     try:
@@ -165,11 +193,31 @@ def _load(args: argparse.Namespace, console: Console):
     except SpecError as exc:
         console.error(str(exc))
         return None
-    for warning in spec.warnings:
-        console.warn(warning)
+    opened = _open(spec, data_dir, console)
+    if opened is None:
+        return None
+    repos, datums = opened
+    return spec, repos, datums, data_dir
+
+
+def _check_data_dir(data_dir: str, console: Console) -> bool:
     if not os.path.isdir(data_dir):
         console.error(f"data directory {data_dir} does not exist (pass --data DIR, the directory "
                       "that holds one directory per repo, or set PFSMOUNT_DATA)")
+        return False
+    return True
+
+
+def _open(spec: PipelineSpec, data_dir: str, console: Console):
+    """Repos and datums of a loaded spec, or None after printing why not."""
+    from pfsmount.datums import expand, open_repos
+    from pfsmount.memory import bulk_allocation
+    from pfsmount.spec import SpecError
+    from pfsmount.store.local import StoreError
+
+    for warning in spec.warnings:
+        console.warn(warning)
+    if not _check_data_dir(data_dir, console):
         return None
     try:
         with bulk_allocation():
@@ -178,7 +226,7 @@ def _load(args: argparse.Namespace, console: Console):
     except (SpecError, StoreError) as exc:
         console.error(str(exc))
         return None
-    return spec, repos, datums, data_dir
+    return repos, datums
 
 
 def _cmd_list_datums(args: argparse.Namespace, console: Console) -> int:
@@ -225,14 +273,35 @@ def _json_input(item: DatumInput) -> dict[str, Any]:
 
 
 def _cmd_run(args: argparse.Namespace, console: Console) -> int:
+    from pfsmount.spec import SpecError, load_specs
+
+    data_dir = os.path.abspath(args.data or _default_data_dir())
+    try:
+        docs = load_specs(args.spec)
+    except SpecError as exc:
+        console.error(str(exc))
+        return EXIT_USAGE
+    if len(docs) == 1 and not args.watch:
+        return run_pipeline(docs[0], data_dir, args, console)
+    from pfsmount.dagcli import run_dag_command
+
+    if not _check_data_dir(data_dir, console):
+        return EXIT_USAGE
+    return run_dag_command(docs, data_dir, args, console)
+
+
+def run_pipeline(doc: SpecDocument, data_dir: str, args: argparse.Namespace,
+                 console: Console) -> int:
+    """One pipeline's job, from its loaded spec to its summary; `pfsmount run`'s exit code."""
     import trio
 
     from pfsmount.run import RunError, RunOptions, run_job
 
-    loaded = _load(args, console)
-    if loaded is None:
+    spec = doc.spec
+    opened = _open(spec, data_dir, console)
+    if opened is None:
         return EXIT_USAGE
-    spec, repos, datums, data_dir = loaded
+    repos, datums = opened
     if spec.location in repos:
         # Repos are keyed by their place under DATA, so this compares projects too.
         console.error(f"{spec.source}: pipeline.name: '{spec.name}' is also an input repo; the "
@@ -240,7 +309,7 @@ def _cmd_run(args: argparse.Namespace, console: Console) -> int:
         return EXIT_USAGE
     if not datums:
         console.warn("the input matched no datums; the output will be empty")
-    workdir = _workdir(args.spec, spec.transform.working_dir)
+    workdir = _workdir(doc.path, spec.transform.working_dir)
     if not os.path.isdir(workdir):
         console.error(f"{spec.source}: transform.working_dir: {workdir} is not a directory")
         return EXIT_USAGE
@@ -250,12 +319,11 @@ def _cmd_run(args: argparse.Namespace, console: Console) -> int:
     console.info(f"{len(datums)} datums; mounting {opts.mountpoint}; running "
                  f"{' '.join(spec.transform.cmd)}")
     try:
-        spec_hash = hashlib.blake2b(Path(args.spec).read_bytes(), digest_size=16).hexdigest()
-        report = trio.run(run_job, spec, repos, datums, opts, console, spec_hash)
+        report = trio.run(run_job, spec, repos, datums, opts, console, doc.digest)
     except RunError as exc:
         console.error(str(exc))
         return EXIT_USAGE
-    return _summarize(report, console, args.spec)
+    return _summarize(report, console, doc.path)
 
 
 def _fmt_bytes(n: int) -> str:
@@ -406,6 +474,19 @@ def _when(ts: float | None) -> str:
 
 
 def _cmd_list_jobs(args: argparse.Namespace, console: Console) -> int:
+    pipelines = _pipelines(args.pipeline, console)
+    if pipelines is None:
+        return EXIT_USAGE
+    status = EXIT_OK
+    for pipeline in pipelines:
+        if len(pipelines) > 1:
+            sys.stdout.write(f"{'' if pipeline == pipelines[0] else chr(10)}== {pipeline}\n")
+        args.pipeline = pipeline
+        status = max(status, _list_jobs(args, console))
+    return status
+
+
+def _list_jobs(args: argparse.Namespace, console: Console) -> int:
     ledger = _open_ledger(args, console)
     if ledger is None:
         return EXIT_USAGE
@@ -421,9 +502,30 @@ def _cmd_list_jobs(args: argparse.Namespace, console: Console) -> int:
 
 
 def _cmd_inspect_job(args: argparse.Namespace, console: Console) -> int:
+    targets = list(args.pipeline)
+    job = args.job
+    if job is None and len(targets) == 2 and not _is_pipeline(args, targets[1]):
+        # The original form, `inspect-job PIPELINE JOB`.
+        job = targets.pop()
+    pipelines = _pipelines(targets, console)
+    if pipelines is None:
+        return EXIT_USAGE
+    if job and len(pipelines) > 1:
+        console.error("a job id names a job of one pipeline; pass one pipeline with it")
+        return EXIT_USAGE
+    status = EXIT_OK
+    for pipeline in pipelines:
+        if len(pipelines) > 1:
+            sys.stdout.write(f"{'' if pipeline == pipelines[0] else chr(10)}== {pipeline}\n")
+        args.pipeline = pipeline
+        status = max(status, _inspect_job(args, console, job or ""))
+    return status
+
+
+def _inspect_job(args: argparse.Namespace, console: Console, job_prefix: str) -> int:
     from pfsmount.console import plural
 
-    found = _find_job(args, console, args.job)
+    found = _find_job(args, console, job_prefix)
     if found is None:
         return EXIT_USAGE
     ledger, job = found
@@ -462,3 +564,29 @@ def _pipeline_name(arg: str, console: Console) -> str | None:
     except SpecError as exc:
         console.error(str(exc))
         return None
+
+
+def _is_pipeline(args: argparse.Namespace, target: str) -> bool:
+    """A spec path, or the name of a pipeline with a ledger in the data directory."""
+    from pfsmount.output import work_dir
+
+    data_dir = os.path.abspath(args.data or _default_data_dir())
+    return os.path.exists(target) or os.path.exists(
+        os.path.join(work_dir(data_dir, target), "ledger.sqlite"))
+
+
+def _pipelines(targets: Sequence[str], console: Console) -> list[str] | None:
+    """Pipeline names from names, spec files (of one or several pipelines) and directories."""
+    from pfsmount.spec import SpecError, load_specs
+
+    names: list[str] = []
+    for target in targets:
+        if not os.path.exists(target):
+            names.append(target)
+            continue
+        try:
+            names.extend(doc.spec.location for doc in load_specs([target]))
+        except SpecError as exc:
+            console.error(str(exc))
+            return None
+    return list(dict.fromkeys(names))

@@ -173,7 +173,7 @@ def open_repos(input: Input, data_dir: str, source: str = "") -> dict[str, RepoI
     (prefixed with `source`, the spec file's name, when given), then the store's reason and fix.
     """
     repos: dict[str, RepoIndex] = {}
-    for where, pfs in _pfs_fields(input, "input"):
+    for where, pfs in pfs_fields(input, "input"):
         if pfs.repo_key in repos:
             continue
         try:
@@ -184,14 +184,14 @@ def open_repos(input: Input, data_dir: str, source: str = "") -> dict[str, RepoI
     return repos
 
 
-def _pfs_fields(node: Input, where: str) -> Iterator[tuple[str, PfsInput]]:
+def pfs_fields(node: Input, where: str) -> Iterator[tuple[str, PfsInput]]:
     """Every pfs input with its field path in the spec, e.g. "input.join[1].pfs"."""
     if isinstance(node, PfsInput):
         yield f"{where}.pfs", node
         return
     kind = {CrossInput: "cross", UnionInput: "union", JoinInput: "join", GroupInput: "group"}
     for i, child in enumerate(node.children):
-        yield from _pfs_fields(child, f"{where}.{kind[type(node)]}[{i}]")
+        yield from pfs_fields(child, f"{where}.{kind[type(node)]}[{i}]")
 
 
 def expand(input: Input, repos: Mapping[str, RepoIndex]) -> list[Datum]:

@@ -22,10 +22,11 @@ Decisions worth knowing:
 from __future__ import annotations
 
 import difflib
+import hashlib
 import json
 import os
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, TypeAlias
@@ -42,11 +43,13 @@ __all__ = [
     "JoinInput",
     "PfsInput",
     "PipelineSpec",
+    "SpecDocument",
     "SpecError",
     "Transform",
     "UnionInput",
     "iter_pfs",
     "load_spec",
+    "load_specs",
     "parse_duration",
     "parse_spec",
 ]
@@ -247,6 +250,101 @@ def load_spec(path: str | os.PathLike[str]) -> PipelineSpec:
     return parse_spec(text, source=os.path.basename(source) or source)
 
 
+@dataclass(frozen=True)
+class SpecDocument:
+    """One pipeline of a multi-pipeline load: the spec, the file it came from (its directory
+    anchors `working_dir`) and a digest of its document (recorded with each job)."""
+
+    spec: PipelineSpec
+    path: str
+    digest: str
+
+
+SPEC_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+def load_specs(paths: Sequence[str | os.PathLike[str]]) -> list[SpecDocument]:
+    """Every pipeline in `paths`, in order: files (a YAML file may hold several documents
+    separated by `---`, as `pachctl create pipeline -f` accepts) or directories of them (their
+    `*.yaml`, `*.yml` and `*.json` files, by name, not recursing)."""
+    documents: list[SpecDocument] = []
+    for path in paths:
+        source = os.fspath(path)
+        if os.path.isdir(source):
+            names = sorted(n for n in os.listdir(source) if n.endswith(SPEC_SUFFIXES)
+                           and not n.startswith("."))
+            if not names:
+                raise SpecError(f"{source}: the directory holds no pipeline spec (*.yaml, *.yml "
+                                "or *.json); pass the spec files themselves")
+            for name in names:
+                documents.extend(_load_file_documents(os.path.join(source, name)))
+        else:
+            documents.extend(_load_file_documents(source))
+    return documents
+
+
+def _load_file_documents(path: str) -> list[SpecDocument]:
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_BYTES + 1)
+    except OSError as exc:
+        raise SpecError(f"{path}: cannot read the pipeline spec: {exc.strerror}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecError(
+            f"{path}: not UTF-8 text (byte {exc.start + 1} is invalid); save the spec as UTF-8"
+        ) from None
+    name = os.path.basename(path) or path
+    if name.endswith(".json") or text.lstrip().startswith("{") or not text.strip():
+        # One document, exactly as `load_spec` reads it.
+        digest = hashlib.blake2b(data, digest_size=16).hexdigest()
+        return [SpecDocument(parse_spec(text, source=name), path, digest)]
+    if len(text) > MAX_BYTES:
+        _load_document(text, name)  # raises the size error
+    result: list[SpecDocument] = []
+    for index, document in enumerate(_load_yaml_documents(text, name), start=1):
+        source = name if index == 1 else f"{name} (document {index})"
+        if not isinstance(document, dict):
+            raise SpecError(f"{source}: the top level must be a mapping with pipeline, input "
+                            f"and transform, got {_describe(document)}")
+        digest = hashlib.blake2b(json.dumps(document, sort_keys=True, default=str).encode(),
+                                 digest_size=16).hexdigest()
+        result.append(SpecDocument(_build_spec(document, _Context(source)), path, digest))
+    if not result:
+        raise SpecError(f"{name}: the file holds no YAML document; write a pipeline spec")
+    return result
+
+
+def _load_yaml_documents(text: str, source: str) -> list[Any]:
+    """Each `---`-separated document, bounded like a single one (empty documents skipped)."""
+    documents: list[Any] = []
+    try:
+        loader = yaml.SafeLoader(text)
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{source}: not valid YAML ({_first_line(exc)}); remove it") from None
+    try:
+        while loader.check_node():
+            node = loader.get_node()
+            if node is None:
+                continue
+            where = source if not documents else f"{source} (document {len(documents) + 1})"
+            _check_node_budget(node, where)
+            documents.append(loader.construct_document(node))
+    except yaml.MarkedYAMLError as exc:
+        raise SpecError(f"{source}: {_yaml_problem(exc)}") from None
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{source}: not valid YAML ({_first_line(exc)})") from None
+    except RecursionError:
+        raise SpecError(
+            f"{source}: nested too deeply to be a pipeline spec (limit {MAX_DEPTH} levels); "
+            "check the brackets and indentation"
+        ) from None
+    finally:
+        loader.dispose()
+    return documents
+
+
 def parse_spec(text: str, source: str = "pipeline.yaml") -> PipelineSpec:
     """Parse and validate a pipeline spec given as YAML or JSON text."""
     document = _load_document(text, source)
@@ -367,7 +465,8 @@ def _yaml_problem(exc: yaml.MarkedYAMLError) -> str:
                 "pipeline spec; remove the tag")
     if "expected a single document" in str(exc.context or ""):
         return (f"{where}the file holds more than one YAML document; pfsmount runs one "
-                "pipeline per file (split it into several files)")
+                "pipeline per file in this command (split it into several files; `pfsmount "
+                "run` and `pfsmount dag` take files of several)")
     return f"{where}not valid YAML ({problem})"
 
 

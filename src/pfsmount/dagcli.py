@@ -1,0 +1,191 @@
+"""`pfsmount run SPEC...` over a DAG, `--watch`, and `pfsmount dag`: the DAG's console side.
+
+Every step runs through `cli.run_pipeline`, the same code as a one-pipeline `pfsmount run`,
+so a step keeps all of that command's guarantees and messages; this module only says which
+step runs, why a step did not, and how the DAG as a whole ended.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from typing import TextIO
+
+from pfsmount.console import Console, plural
+from pfsmount.dag import NOT_RUN, SUCCEEDED, Dag, DagError, DagReport, Step, build_dag, run_dag
+from pfsmount.spec import SpecDocument, SpecError, load_specs
+
+# The exit codes of a DAG run (README, "Exit codes"): a signal wins, then any step that did
+# not succeed; 2 only when the DAG was refused before anything ran.
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+def run_dag_command(docs: Sequence[SpecDocument], data_dir: str, args: argparse.Namespace,
+                    console: Console) -> int:
+    """Check the DAG, run it, and with `--watch` keep it up to date until Ctrl-C."""
+    try:
+        dag = build_dag(docs, data_dir)
+    except DagError as exc:
+        for line in str(exc).splitlines():
+            console.error(line)
+        return EXIT_USAGE
+    watcher = None
+    if args.watch:
+        from pfsmount.watch import WatchError, open_watcher
+
+        try:
+            # Opened before the first round, so data that lands meanwhile is not missed.
+            watcher = open_watcher(data_dir, dag.data_repos, poll=args.poll_interval)
+        except WatchError as exc:
+            console.error(str(exc))
+            return EXIT_USAGE
+    try:
+        status = _round(dag, data_dir, args, console, only=None)
+        if watcher is None or status in (130, 143):
+            return status
+        return _watch(dag, watcher, data_dir, args, console, status)
+    finally:
+        if watcher is not None:
+            watcher.close()
+
+
+def _watch(dag: Dag, watcher, data_dir: str, args: argparse.Namespace, console: Console,
+           status: int) -> int:
+    """Re-run what changed data affects until Ctrl-C (or SIGTERM); the last round's status."""
+    how = (f"polling every {args.poll_interval:g}s" if args.poll_interval
+           else "inotify")
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        while True:
+            console.info(f"watching {', '.join(dag.data_repos)} ({how}) for new or changed "
+                         "files; Ctrl-C to stop")
+            changed = watcher.wait()
+            affected = dag.affected_by(changed)
+            console.info(f"{', '.join(sorted(changed))} changed: running "
+                         f"{', '.join(s.location for s in dag.steps if s.location in affected)}")
+            signal.signal(signal.SIGTERM, previous)
+            status = _round(dag, data_dir, args, console, only=affected)
+            signal.signal(signal.SIGTERM, _raise_interrupt)
+            if status in (130, 143):
+                return status
+    except KeyboardInterrupt:
+        console.info("stopped watching")
+        return status
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _round(dag: Dag, data_dir: str, args: argparse.Namespace, console: Console,
+           only: set[str] | None) -> int:
+    """One pass over the DAG (or the `only` steps); prints a summary per step."""
+    from pfsmount.cli import run_pipeline
+
+    chosen = [s for s in dag.steps if only is None or s.location in only]
+    lines: dict[str, str] = {}
+
+    def run_step(step: Step) -> int:
+        index = chosen.index(step) + 1
+        console.info(f"step {index}/{len(chosen)}: {step.location} ({step.doc.path})")
+        started = time.monotonic()
+        code = run_pipeline(step.doc, data_dir, args, console)
+        lines[step.location] = f"exit {code}, {time.monotonic() - started:.1f}s"
+        return code
+
+    def not_run(result) -> None:
+        console.warn(f"step {result.location}: not run: {result.reason}")
+
+    report = run_dag(dag, run_step, only=only, on_skip=not_run)
+    return _summary(report, lines, console)
+
+
+def _summary(report: DagReport, lines: dict[str, str], console: Console) -> int:
+    width = max((len(r.location) for r in report.results), default=0)
+    ok = sum(1 for r in report.results if r.outcome == SUCCEEDED)
+    console.info(f"DAG: {ok} of {plural(len(report.results), 'step')} succeeded")
+    for r in report.results:
+        detail = r.reason if r.outcome == NOT_RUN else lines.get(r.location, "")
+        console.info(f"  {r.location:{width}}  {r.outcome}" + (f": {detail}" if detail else ""))
+    stop = report.interrupted
+    if stop is not None:
+        return stop.exit_code
+    return EXIT_OK if report.ok else EXIT_FAILED
+
+
+# ----- pfsmount dag ------------------------------------------------------------------------
+
+
+def cmd_dag(args: argparse.Namespace, console: Console) -> int:
+    from pfsmount.cli import _check_data_dir, _default_data_dir
+
+    data_dir = os.path.abspath(args.data or _default_data_dir())
+    if not _check_data_dir(data_dir, console):
+        return EXIT_USAGE
+    try:
+        dag = build_dag(load_specs(args.spec), data_dir)
+    except SpecError as exc:
+        for line in str(exc).splitlines():
+            console.error(line)
+        return EXIT_USAGE
+    states = {s.location: last_job(data_dir, s.location) for s in dag.steps}
+    (print_dot if args.dot else print_text)(dag, states, sys.stdout)
+    return EXIT_OK
+
+
+def last_job(data_dir: str, location: str) -> str:
+    """The pipeline's last recorded job, in a few words ("never run" without a ledger)."""
+    from pfsmount.ledger import Ledger, LedgerError
+
+    path = os.path.join(data_dir, ".pfsmount", location, "ledger.sqlite")
+    if not os.path.exists(path):
+        return "never run"
+    try:
+        ledger = Ledger(path)
+    except LedgerError as exc:
+        return f"ledger unreadable ({exc})"
+    try:
+        jobs = ledger.jobs()
+    finally:
+        ledger.close()
+    if not jobs:
+        return "never run"
+    j = jobs[-1]
+    return (f"job {j['job_id'][:12]} {j['state']}: {j['processed']} processed, "
+            f"{j['skipped']} skipped, {j['failed']} failed")
+
+
+def print_text(dag: Dag, states: dict[str, str], out: TextIO) -> None:
+    for repo in dag.data_repos:
+        out.write(f"{repo}  (data repo)\n")
+    for s in dag.steps:
+        reads = ", ".join([*s.data_repos, *s.upstream])
+        out.write(f"{s.location}  <- {reads}  [{states.get(s.location, '')}]\n")
+
+
+def print_dot(dag: Dag, states: dict[str, str], out: TextIO) -> None:
+    out.write("digraph pfsmount {\n  rankdir=LR;\n")
+    for repo in dag.data_repos:
+        out.write(f"  {_quote(repo)} [shape=cylinder];\n")
+    for s in dag.steps:
+        label = f'"{_escape(s.location)}\\n{_escape(states.get(s.location, ""))}"'
+        out.write(f"  {_quote(s.location)} [shape=box, label={label}];\n")
+        for source in (*s.data_repos, *s.upstream):
+            out.write(f"  {_quote(source)} -> {_quote(s.location)};\n")
+    out.write("}\n")
+
+
+def _escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def _quote(text: str) -> str:
+    return f'"{_escape(text)}"'
