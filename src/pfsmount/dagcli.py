@@ -98,7 +98,8 @@ def _round(dag: Dag, data_dir: str, args: argparse.Namespace, console: Console,
         console.info(f"step {index}/{len(chosen)}: {step.location} ({step.doc.path})")
         started = time.monotonic()
         code = run_pipeline(step.doc, data_dir, args, console)
-        lines[step.location] = f"exit {code}, {time.monotonic() - started:.1f}s"
+        lines[step.location] = (f"{last_job(data_dir, step.location)} "
+                                f"(exit {code}, {time.monotonic() - started:.1f}s)")
         return code
 
     def not_run(result) -> None:
