@@ -11,12 +11,15 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 from support import (
     PY,
     batching_spec,
     finish,
     is_mounted,
     needs_fuse,
+    proc_survivors,
     read_tree,
     start_pfsmount,
     unmount,
@@ -45,7 +48,7 @@ STEP = """
                     raise RuntimeError("asked to fail")
                 text = content.upper() if mode == "upper" else f"{len(content.split())}\\n"
                 name += ".n" if mode == "count" else ""
-            if "SLOW" in text:
+            if "SLOW" in (text if mode == "report" else content):
                 time.sleep(float(os.environ.get("DAG_SLOW", "0")))
             with open(os.environ["DAG_WORKLOG"], "a") as log:
                 log.write(f"{mode} {name}\\n")
@@ -100,6 +103,8 @@ def _latest_job(data: Path, pipeline: str) -> tuple[str, dict[str, int]]:
 
 
 def _run(specs: Path, data: Path, mnt: Path, *extra: str, env: dict | None = None):
+    # One step at a time unless a test asks: the default depends on the machine's CPUs.
+    extra = extra if "--jobs" in extra else (*extra, "--jobs", "1")
     return finish(start_pfsmount(specs, data, mnt, extra=extra, env=env), mnt, timeout=180)
 
 
@@ -146,19 +151,24 @@ def test_failing_middle_step_stops_only_its_descendants(tmp_path: Path, mnt: Pat
     assert read_tree(data / "report")["b.txt"] == b"FINE NOW2\n"
 
 
-def test_kill_9_mid_dag_then_rerun_completes(tmp_path: Path, mnt: Path) -> None:
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_kill_9_mid_dag_then_rerun_completes(tmp_path: Path, mnt: Path, jobs: str) -> None:
+    """With --jobs 2 the steps are child processes: killing the DAG's process alone must
+    stop them too (they hold its lifeline)."""
     specs, data = _dag(tmp_path, mnt)
     (data / "raw" / "b.txt").write_text("SLOW b")
-    proc = start_pfsmount(specs, data, mnt, env={"DAG_SLOW": "60"})
+    proc = start_pfsmount(specs, data, mnt, env={"DAG_SLOW": "60", "DAG_FAIL_IN": "none"},
+                          extra=["--jobs", jobs])
     try:
-        # `upper` reaches the slow datum after count finished: kill everything mid-DAG.
-        deadline = time.monotonic() + 60
-        while not (data / "upper" / "a.txt").exists() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert (data / "upper" / "a.txt").exists(), "upper never committed its first datum"
+        # count's b.txt and upper's b.txt are slow: kill everything mid-DAG (one at a time,
+        # in count; two at a time, in both).
+        _wait_for(lambda: (data / "count" / "a.txt.n").exists(), "count's first datum")
+        if jobs == "2":
+            _wait_for(lambda: (data / "upper" / "a.txt").exists(), "upper's first datum")
         time.sleep(0.3)
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
+        _wait_for(lambda: not proc_survivors(str(data)), "the steps to stop", timeout=60)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -169,18 +179,34 @@ def test_kill_9_mid_dag_then_rerun_completes(tmp_path: Path, mnt: Path) -> None:
             time.sleep(0.1)
         unmount(mnt)
     assert not (data / "report").exists()
+    assert _latest_job(data, "count")[0] in ("running", "killed")
     _work(tmp_path)
     result = _run(specs, data, mnt)
     assert result.returncode == 0, result
     assert "resuming interrupted job" in result.stderr
-    # count was finished before the kill; upper resumes with only the datum it had not done.
-    assert _work(tmp_path) == ["report a.txt", "report b.txt", "upper b.txt"]
+    # Each step resumes with only the datums it had not finished.
+    upper = ["upper b.txt"] if jobs == "2" else ["upper a.txt", "upper b.txt"]
+    assert _work(tmp_path) == ["count b.txt.n", "report a.txt", "report b.txt", *upper]
+    assert read_tree(data / "report") == {"a.txt": b"ONE TWO2\n", "b.txt": b"SLOW B2\n"}
+
+
+def test_independent_steps_run_at_once_with_jobs_2(tmp_path: Path, mnt: Path) -> None:
+    specs, data = _dag(tmp_path, mnt)
+    (data / "raw" / "b.txt").write_text("SLOW b")
+    result = _run(specs, data, mnt, "--jobs", "2", env={"DAG_SLOW": "1.5"})
+    assert result.returncode == 0, result
+    err = result.stderr
+    # upper started while count (slow) was still running, each at the same mountpoint path
+    # in a mount namespace of its own; report waited for both.
+    assert err.index("step 2/3: upper") < err.index("[count] pfsmount: job ")
+    assert err.index("step 3/3: report") > err.index("[upper] pfsmount: job ")
+    assert "[upper] pfsmount: 2 datums; mounting" in err
     assert read_tree(data / "report") == {"a.txt": b"ONE TWO2\n", "b.txt": b"SLOW B2\n"}
 
 
 def test_watch_reruns_what_a_new_file_affects(tmp_path: Path, mnt: Path) -> None:
     specs, data = _dag(tmp_path, mnt)
-    proc = start_pfsmount(specs, data, mnt, extra=["--watch"])
+    proc = start_pfsmount(specs, data, mnt, extra=["--watch", "--jobs", "1"])
     try:
         _wait_for(lambda: (data / "report" / "b.txt").exists(), "the first round")
         _wait_for(lambda: "report" in _jobs_state(data), "the first round's end")

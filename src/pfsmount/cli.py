@@ -55,6 +55,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--poll-interval", type=_seconds, default=None, metavar="SECONDS",
                      help="with --watch: poll the input repos every SECONDS instead of using "
                           "inotify")
+    run.add_argument("--jobs", type=_jobs, default=None, metavar="N",
+                     help="DAG steps that may run at the same time (default: half the CPUs, "
+                          "1 unless root; each step beyond the first in a mount namespace of "
+                          "its own)")
+    # How a DAG run starts one step in a child process (not for people).
+    run.add_argument("--dag-step", default=None, help=argparse.SUPPRESS)
+    run.add_argument("--lifeline", type=int, default=None, help=argparse.SUPPRESS)
     run.add_argument("--mountpoint", default="/pfs",
                      help="where to mount the datum view (default: /pfs)")
     run.add_argument("--port", type=_port, default=0,
@@ -111,6 +118,12 @@ def _port(text: str) -> int:
         raise argparse.ArgumentTypeError(
             f"{text!r} is not a TCP port: use 1-65535, or 0 to let the system choose one")
     return port
+
+
+def _jobs(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 64:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of steps (1-64)")
+    return int(text)
 
 
 def _seconds(text: str) -> float:
@@ -275,12 +288,26 @@ def _json_input(item: DatumInput) -> dict[str, Any]:
 def _cmd_run(args: argparse.Namespace, console: Console) -> int:
     from pfsmount.spec import SpecError, load_specs
 
+    if args.dag_step is not None:
+        from pfsmount.dagcli import start_step_child
+        from pfsmount.dagns import NamespaceError
+
+        try:
+            start_step_child(args)  # first: a mount namespace needs a process with one thread
+        except NamespaceError as exc:
+            console.error(str(exc))
+            return EXIT_USAGE
     data_dir = os.path.abspath(args.data or _default_data_dir())
     try:
         docs = load_specs(args.spec)
     except SpecError as exc:
         console.error(str(exc))
         return EXIT_USAGE
+    if args.dag_step is not None:
+        docs = [d for d in docs if d.spec.location == args.dag_step]
+        if len(docs) != 1:
+            console.error(f"no pipeline '{args.dag_step}' in {' '.join(args.spec)}")
+            return EXIT_USAGE
     if len(docs) == 1 and not args.watch:
         return run_pipeline(docs[0], data_dir, args, console)
     from pfsmount.dagcli import run_dag_command

@@ -7,9 +7,9 @@ no pipeline wrote, and an input repo that is neither a pipeline of the DAG nor a
 the data directory are refused, each naming the specs involved.
 
 Running is a walk in dependency order that asks a `StepRunner` to run one pipeline; a step
-that fails stops its descendants, other branches carry on. Steps run one at a time: each
-one's own job already uses the machine (its user code, pfsmount's threads), and pyfuse3
-serves one mount per process, so a step is the unit of work.
+that fails stops its descendants, other branches carry on. Independent steps may run at the
+same time (`jobs`); how a step runs (in this process, or in a child process with a mount
+namespace of its own) is the runner's business.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from __future__ import annotations
 import difflib
 import logging
 import os
+import queue
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -211,35 +213,99 @@ EXIT_SIGNALLED = (130, 143)
 
 
 def run_dag(dag: Dag, run_step: StepRunner, *, only: set[str] | None = None,
-            on_skip: Callable[[StepResult], None] | None = None) -> DagReport:
+            on_skip: Callable[[StepResult], None] | None = None, jobs: int = 1,
+            on_interrupt: Callable[[], None] | None = None) -> DagReport:
     """Run the DAG's steps (or those in `only`) in order; a failure stops its descendants.
 
+    With `jobs` > 1, up to that many steps whose upstream steps all succeeded run at once,
+    each `run_step` in a thread of its own (it is expected to wait for a child process); a
+    Ctrl-C in the meantime calls `on_interrupt` and waits for the running steps to stop.
+    With 1, each step runs on the calling thread, as signal handling in a job needs.
     A step stopped by a signal stops the whole DAG: the person asked everything to stop.
     """
-    report = DagReport()
-    blocked: dict[str, str] = {}  # step -> the failed step upstream of it
-    for step in _selected(dag, only):
-        cause = next((blocked[u] for u in step.upstream if u in blocked), None)
-        stop = report.interrupted
-        if stop is not None or cause is not None:
-            reason = ("interrupted before it started" if stop is not None
-                      else f"upstream {cause} failed")
-            result = StepResult(step.location, NOT_RUN, reason=reason)
-            blocked[step.location] = cause or step.location
-        else:
+    walk = _Walk(list(_selected(dag, only)), on_skip)
+    if jobs <= 1:
+        while (step := walk.next_ready()) is not None:
+            walk.finish(step, run_step(step))
+        return walk.report()
+    finished: queue.Queue[tuple[Step, int]] = queue.Queue()
+    running: list[Step] = []
+
+    def run_in_thread(step: Step) -> None:
+        try:
             code = run_step(step)
-            if code == EXIT_OK:
-                result = StepResult(step.location, SUCCEEDED, code)
-            elif code in EXIT_SIGNALLED:
-                result = StepResult(step.location, INTERRUPTED, code)
-                blocked[step.location] = step.location
-            else:
-                result = StepResult(step.location, FAILED, code)
-                blocked[step.location] = step.location
-        report.results.append(result)
-        if result.outcome == NOT_RUN and on_skip is not None:
-            on_skip(result)
-    return report
+        except BaseException:
+            log.exception("step %s could not run", step.location)
+            code = 1
+        finished.put((step, code))
+
+    while True:
+        while len(running) < jobs and (step := walk.next_ready(running)) is not None:
+            running.append(step)
+            threading.Thread(target=run_in_thread, args=(step,), daemon=True,
+                             name=f"step-{step.location}").start()
+        if not running:
+            return walk.report()
+        try:
+            step, code = finished.get(timeout=0.5)
+        except queue.Empty:
+            continue
+        except KeyboardInterrupt:
+            walk.stopped = True
+            if on_interrupt is not None:
+                on_interrupt()
+            continue
+        running.remove(step)
+        walk.finish(step, code)
+
+
+class _Walk:
+    """Which step may start next, and how each ended; the failure rules in one place."""
+
+    def __init__(self, steps: list[Step], on_skip: Callable[[StepResult], None] | None) -> None:
+        self.pending = steps
+        self.order = [s.location for s in steps]
+        self.results: dict[str, StepResult] = {}
+        self.blocked: dict[str, str] = {}  # step -> the failed step upstream of it
+        self.stopped = False
+        self.on_skip = on_skip
+
+    def next_ready(self, running: Sequence[Step] = ()) -> Step | None:
+        """A step that may start now (removed from pending), after marking every step that
+        never will; None when none may start yet."""
+        busy = {s.location for s in running}
+        for step in list(self.pending):
+            cause = next((self.blocked[u] for u in step.upstream if u in self.blocked), None)
+            if self.stopped or cause is not None:
+                reason = ("interrupted before it started" if self.stopped
+                          else f"upstream {cause} failed")
+                self._record(StepResult(step.location, NOT_RUN, reason=reason))
+                self.blocked[step.location] = cause or step.location
+                self.pending.remove(step)
+                if self.on_skip is not None:
+                    self.on_skip(self.results[step.location])
+                continue
+            waiting = {s.location for s in self.pending} | busy
+            if not waiting & set(step.upstream):
+                self.pending.remove(step)
+                return step
+        return None
+
+    def finish(self, step: Step, code: int) -> None:
+        if code == EXIT_OK:
+            self._record(StepResult(step.location, SUCCEEDED, code))
+            return
+        outcome = INTERRUPTED if code in EXIT_SIGNALLED else FAILED
+        self._record(StepResult(step.location, outcome, code))
+        self.blocked[step.location] = step.location
+        if outcome == INTERRUPTED:
+            self.stopped = True
+
+    def _record(self, result: StepResult) -> None:
+        self.results[result.location] = result
+
+    def report(self) -> DagReport:
+        return DagReport([self.results[loc] for loc in self.order if loc in self.results])
 
 
 def _selected(dag: Dag, only: set[str] | None) -> Iterator[Step]:

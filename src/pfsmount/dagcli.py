@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import os
 import signal
+import subprocess
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from typing import TextIO
@@ -91,13 +93,18 @@ def _round(dag: Dag, data_dir: str, args: argparse.Namespace, console: Console,
     from pfsmount.cli import run_pipeline
 
     chosen = [s for s in dag.steps if only is None or s.location in only]
+    jobs = step_slots(args, console, len(chosen))
+    children = _Children(dag, data_dir, args, console) if jobs > 1 else None
     lines: dict[str, str] = {}
 
     def run_step(step: Step) -> int:
         index = chosen.index(step) + 1
         console.info(f"step {index}/{len(chosen)}: {step.location} ({step.doc.path})")
         started = time.monotonic()
-        code = run_pipeline(step.doc, data_dir, args, console)
+        if children is None:
+            code = run_pipeline(step.doc, data_dir, args, console)
+        else:
+            code = children.run(step)
         lines[step.location] = (f"{last_job(data_dir, step.location)} "
                                 f"(exit {code}, {time.monotonic() - started:.1f}s)")
         return code
@@ -105,8 +112,115 @@ def _round(dag: Dag, data_dir: str, args: argparse.Namespace, console: Console,
     def not_run(result) -> None:
         console.warn(f"step {result.location}: not run: {result.reason}")
 
-    report = run_dag(dag, run_step, only=only, on_skip=not_run)
+    try:
+        report = run_dag(dag, run_step, only=only, on_skip=not_run, jobs=jobs,
+                         on_interrupt=children.interrupt if children else None)
+    finally:
+        if children is not None:
+            children.close()
     return _summary(report, lines, console)
+
+
+def step_slots(args: argparse.Namespace, console: Console, steps: int) -> int:
+    """How many steps may run at once: `--jobs`, else half the CPUs (each step's job has
+    its own user code and threads to feed), 1 for one step. More than one needs a mount
+    namespace per step (root), so every step sees its own /pfs at the same path, and
+    distinct ports."""
+    wanted = args.jobs or max(1, (os.cpu_count() or 1) // 2)
+    wanted = min(wanted, steps)
+    if wanted > 1 and os.geteuid() != 0:
+        if args.jobs:
+            console.warn("--jobs: steps run one at a time: running several needs a mount "
+                         "namespace per step, which only root may create")
+        return 1
+    if wanted > 1 and args.port:
+        if args.jobs:
+            console.warn(f"--jobs: steps run one at a time: they would all listen on --port "
+                         f"{args.port} (drop --port to let each step choose one)")
+        return 1
+    return wanted
+
+
+class _Children:
+    """Steps run as child `pfsmount run --dag-step` processes, each in a mount namespace of
+    its own, their output passed through here with the step's name in front.
+
+    Each child holds the read end of a pipe whose write end only this process holds: when
+    this process dies, even by SIGKILL, the children see EOF and stop their jobs cleanly.
+    """
+
+    def __init__(self, dag: Dag, data_dir: str, args: argparse.Namespace,
+                 console: Console) -> None:
+        self.console = console
+        self.lock = threading.Lock()
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.interrupted: set[str] = set()
+        self.lifeline_r, self.lifeline_w = os.pipe2(os.O_CLOEXEC)
+        paths = list(dict.fromkeys(s.doc.path for s in dag.steps))
+        self.base = [sys.executable, "-m", "pfsmount", "run", *paths, "--data", data_dir,
+                     "--mountpoint", os.path.abspath(args.mountpoint),
+                     "--lifeline", str(self.lifeline_r)]
+        if args.shared_tmp:
+            self.base.append("--shared-tmp")
+        if args.verbose:
+            self.base.append("--verbose")
+
+    def run(self, step: Step) -> int:
+        # A session of its own: a Ctrl-C at the terminal reaches this process only, which
+        # passes it on once (a second SIGINT would cut short a step's orderly stop).
+        proc = subprocess.Popen([*self.base, "--dag-step", step.location],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                pass_fds=(self.lifeline_r,), start_new_session=True)
+        with self.lock:
+            self.procs[step.location] = proc
+        pumps = [threading.Thread(target=self._pump, args=(step.location, pipe, stream),
+                                  daemon=True)
+                 for pipe, stream in ((proc.stdout, "stdout"), (proc.stderr, "stderr"))]
+        for pump in pumps:
+            pump.start()
+        code = proc.wait()
+        for pump in pumps:
+            pump.join()
+        with self.lock:
+            del self.procs[step.location]
+        return code
+
+    def _pump(self, location: str, pipe, stream: str) -> None:
+        for line in pipe:
+            with self.lock:
+                self.console.user_line(stream, f"[{location}] ".encode()
+                                       + line.rstrip(b"\n"))
+        pipe.close()
+
+    def interrupt(self) -> None:
+        """Ctrl-C: each running step stops its job (as on its own terminal), then ends."""
+        with self.lock:
+            for location, proc in self.procs.items():
+                if location not in self.interrupted:
+                    self.interrupted.add(location)
+                    proc.send_signal(signal.SIGINT)
+
+    def close(self) -> None:
+        os.close(self.lifeline_w)
+        os.close(self.lifeline_r)
+
+
+def start_step_child(args: argparse.Namespace) -> None:
+    """In a `--dag-step` child: a mount namespace of its own (so /pfs at the same path as the
+    other steps' is ours alone), and a watch on the parent's lifeline."""
+    from pfsmount.dagns import private_mounts
+
+    private_mounts()
+    if args.lifeline is not None:
+        fd = args.lifeline
+
+        def watch() -> None:
+            while os.read(fd, 1):
+                pass
+            # The DAG's process is gone: stop this job as SIGTERM does (finished datums kept).
+            os.kill(os.getpid(), signal.SIGTERM)
+
+        threading.Thread(target=watch, daemon=True, name="lifeline").start()
 
 
 def _summary(report: DagReport, lines: dict[str, str], console: Console) -> int:
