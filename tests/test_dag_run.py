@@ -204,9 +204,11 @@ def test_independent_steps_run_at_once_with_jobs_2(tmp_path: Path, mnt: Path) ->
     assert read_tree(data / "report") == {"a.txt": b"ONE TWO2\n", "b.txt": b"SLOW B2\n"}
 
 
-def test_watch_reruns_what_a_new_file_affects(tmp_path: Path, mnt: Path) -> None:
+@pytest.mark.parametrize("how", [(), ("--poll-interval", "0.2")], ids=["inotify", "poll"])
+def test_watch_reruns_what_a_new_file_affects(tmp_path: Path, mnt: Path,
+                                              how: tuple[str, ...]) -> None:
     specs, data = _dag(tmp_path, mnt)
-    proc = start_pfsmount(specs, data, mnt, extra=["--watch", "--jobs", "1"])
+    proc = start_pfsmount(specs, data, mnt, extra=["--watch", "--jobs", "1", *how])
     try:
         _wait_for(lambda: (data / "report" / "b.txt").exists(), "the first round")
         _wait_for(lambda: "report" in _jobs_state(data), "the first round's end")
@@ -221,6 +223,7 @@ def test_watch_reruns_what_a_new_file_affects(tmp_path: Path, mnt: Path) -> None
     assert result.returncode == 0, result
     assert "raw changed: running count, upper, report" in result.stderr, result
     assert "stopped watching" in result.stderr
+    assert ("polling every 0.2s" if how else "(inotify)") in result.stderr
 
 
 def _jobs_state(data: Path) -> dict[str, str]:
