@@ -87,7 +87,8 @@ def test_refusals_name_the_specs(tmp_path: Path, data: Path) -> None:
     assert "the pipelines form a cycle: x (" in cycle and "x.yaml" in cycle and "y.yaml" in cycle
     assert "own" in refused(s=_spec("self", "self"))
 
-    clash = refused(i=_spec("images", "other"))
+    (data / "raw").mkdir()
+    clash = refused(i=_spec("images", "raw"), e=_spec("edges", "images"))
     assert "pipeline.name: 'images' is also a data repo" in clash and "i.yaml" in clash
 
     unknown = refused(e=_spec("edges", "imagez"))
@@ -99,13 +100,14 @@ def test_refusals_name_the_specs(tmp_path: Path, data: Path) -> None:
 def test_own_output_repo_is_not_a_data_repo(tmp_path: Path, data: Path) -> None:
     (data / "edges").mkdir()
     (data / "edges" / "a.png").write_text("output")
-    paths = _files(tmp_path, e=_spec("edges", "images"))
+    paths = _files(tmp_path, e=_spec("edges", "images"), m=_spec("montage", "edges"))
     with pytest.raises(DagError):
         build_dag(load_specs(paths), str(data))
     # Once the pipeline has a ledger, the repo is its output, written by it.
     (data / ".pfsmount" / "edges").mkdir(parents=True)
     (data / ".pfsmount" / "edges" / "ledger.sqlite").write_text("")
-    assert [s.location for s in build_dag(load_specs(paths), str(data)).steps] == ["edges"]
+    dag = build_dag(load_specs(paths), str(data))
+    assert [s.location for s in dag.steps] == ["edges", "montage"]
 
 
 def test_a_failure_stops_descendants_only(tmp_path: Path, data: Path) -> None:
@@ -156,3 +158,15 @@ def test_watchers_see_new_files_and_new_directories(tmp_path: Path, kind: str) -
         assert watcher.wait() == {"a"}  # the new directory is watched too
     finally:
         watcher.close()
+
+
+def test_run_refuses_a_bad_dag_before_anything_runs(tmp_path: Path, data: Path) -> None:
+    import subprocess
+    import sys
+
+    paths = _files(tmp_path, x=_spec("x", "y"), y=_spec("y", "x"), z=_spec("z", "nowhere"))
+    result = subprocess.run([sys.executable, "-m", "pfsmount", "run", *paths, "--data",
+                             str(data)], capture_output=True, text=True, check=False)
+    assert result.returncode == 2, result.stderr
+    assert "z.yaml: input.pfs.repo: 'nowhere' is neither a pipeline" in result.stderr
+    assert not (data / ".pfsmount").exists()  # nothing recorded, nothing ran

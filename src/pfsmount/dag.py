@@ -94,8 +94,10 @@ def build_dag(docs: Sequence[SpecDocument], data_dir: str) -> Dag:
         by_location[doc.spec.location] = doc
     problems: list[str] = []
     steps: dict[str, Step] = {}
+    read = {pfs.repo_key for doc in docs for _, pfs in pfs_fields(doc.spec.input, "input")}
     for location, doc in by_location.items():
-        _check_output_repo(doc, data_dir, problems)
+        if location in read:
+            _check_output_repo(doc, data_dir, problems)
         upstream: dict[str, None] = {}
         data: dict[str, None] = {}
         for where, pfs in pfs_fields(doc.spec.input, "input"):
@@ -118,7 +120,8 @@ def _where(doc: SpecDocument) -> str:
 
 
 def _check_output_repo(doc: SpecDocument, data_dir: str, problems: list[str]) -> None:
-    """A pipeline may not write into a data repo: its output replaces the repo's files."""
+    """A pipeline read by others may not be named like a data repo: which of the two its
+    readers mean is anyone's guess, and its output would land among the repo's files."""
     location = doc.spec.location
     repo = os.path.join(data_dir, location)
     ours = os.path.exists(os.path.join(data_dir, ".pfsmount", location, "ledger.sqlite"))
@@ -131,8 +134,8 @@ def _check_output_repo(doc: SpecDocument, data_dir: str, problems: list[str]) ->
     if not empty:
         problems.append(
             f"{_where(doc)}: pipeline.name: '{location}' is also a data repo ({repo} holds "
-            "files that no pipeline wrote); the pipeline's output would replace them: rename "
-            "the pipeline")
+            "files that no pipeline wrote), and the DAG reads a repo of that name: rename the "
+            "pipeline (and its readers' input repo)")
 
 
 def _unknown_repo(doc: SpecDocument, where: str, repo: str, pipelines: Iterable[str],
