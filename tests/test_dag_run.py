@@ -271,3 +271,30 @@ def test_dag_command_prints_the_graph_with_last_jobs(tmp_path: Path, mnt: Path) 
                               "--data", str(data)], capture_output=True, text=True, check=False)
     assert inspect.returncode == 0, inspect.stderr
     assert inspect.stdout.count("state     success") == 2
+
+
+def test_ctrl_c_with_jobs_2_stops_the_steps_then_rerun_completes(tmp_path: Path,
+                                                                 mnt: Path) -> None:
+    specs, data = _dag(tmp_path, mnt)
+    (data / "raw" / "b.txt").write_text("SLOW b")
+    proc = start_pfsmount(specs, data, mnt, env={"DAG_SLOW": "60"}, extra=["--jobs", "2"])
+    try:
+        _wait_for(lambda: (data / "count" / "a.txt.n").exists(), "count's first datum")
+        _wait_for(lambda: (data / "upper" / "a.txt").exists(), "upper's first datum")
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGINT)
+        result = finish(proc, mnt, timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert result.returncode == 130, result
+    assert "step report: not run: interrupted before it started" in result.stderr, result
+    assert "[count] pfsmount: job " in result.stderr  # each step ended its job in order
+    assert _latest_job(data, "count")[0] == "killed"
+    assert _latest_job(data, "upper")[0] == "killed"
+    assert not proc_survivors(str(data))
+    _work(tmp_path)
+    again = _run(specs, data, mnt)
+    assert again.returncode == 0, again
+    assert _work(tmp_path) == ["count b.txt.n", "report a.txt", "report b.txt", "upper b.txt"]
