@@ -8,6 +8,7 @@ step runs, why a step did not, and how the DAG as a whole ended.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import subprocess
@@ -15,14 +16,28 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from pfsmount.console import Console, plural
-from pfsmount.dag import NOT_RUN, SUCCEEDED, Dag, DagError, DagReport, Step, build_dag, run_dag
+from pfsmount.dag import (
+    EXIT_SIGNALLED,
+    NOT_RUN,
+    SUCCEEDED,
+    Dag,
+    DagError,
+    DagReport,
+    Step,
+    StepResult,
+    build_dag,
+    run_dag,
+)
 from pfsmount.spec import SpecDocument, SpecError, load_specs
 
-# The exit codes of a DAG run (README, "Exit codes"): a signal wins, then any step that did
-# not succeed; 2 only when the DAG was refused before anything ran.
+if TYPE_CHECKING:
+    from pfsmount.watch import Watcher
+
+# The exit codes of a DAG run (README, "DAGs of pipelines"): a signal wins (130, 143), then
+# any step that did not succeed; 2 only when the DAG was refused before anything ran.
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -49,7 +64,7 @@ def run_dag_command(docs: Sequence[SpecDocument], data_dir: str, args: argparse.
             return EXIT_USAGE
     try:
         status = _round(dag, data_dir, args, console, only=None)
-        if watcher is None or status in (130, 143):
+        if watcher is None or status in EXIT_SIGNALLED:
             return status
         return _watch(dag, watcher, data_dir, args, console, status)
     finally:
@@ -57,16 +72,14 @@ def run_dag_command(docs: Sequence[SpecDocument], data_dir: str, args: argparse.
             watcher.close()
 
 
-def _watch(dag: Dag, watcher, data_dir: str, args: argparse.Namespace, console: Console,
-           status: int) -> int:
+def _watch(dag: Dag, watcher: Watcher, data_dir: str, args: argparse.Namespace,
+           console: Console, status: int) -> int:
     """Re-run what changed data affects until Ctrl-C (or SIGTERM); the last round's status."""
-    how = (f"polling every {args.poll_interval:g}s" if args.poll_interval
-           else "inotify")
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         while True:
-            console.info(f"watching {', '.join(dag.data_repos)} ({how}) for new or changed "
-                         "files; Ctrl-C to stop")
+            console.info(f"watching {', '.join(dag.data_repos)} ({watcher.how}) for new or "
+                         "changed files; Ctrl-C to stop")
             changed = watcher.wait()
             affected = dag.affected_by(changed)
             console.info(f"{', '.join(sorted(changed))} changed: running "
@@ -74,7 +87,7 @@ def _watch(dag: Dag, watcher, data_dir: str, args: argparse.Namespace, console: 
             signal.signal(signal.SIGTERM, previous)
             status = _round(dag, data_dir, args, console, only=affected)
             signal.signal(signal.SIGTERM, _raise_interrupt)
-            if status in (130, 143):
+            if status in EXIT_SIGNALLED:
                 return status
     except KeyboardInterrupt:
         console.info("stopped watching")
@@ -95,11 +108,14 @@ def _round(dag: Dag, data_dir: str, args: argparse.Namespace, console: Console,
     chosen = [s for s in dag.steps if only is None or s.location in only]
     jobs = step_slots(args, console, len(chosen))
     children = _Children(dag, data_dir, args, console) if jobs > 1 else None
+    # Steps side by side print from several threads: one line at a time.
+    printing = children.lock if children is not None else contextlib.nullcontext()
     lines: dict[str, str] = {}
 
     def run_step(step: Step) -> int:
         index = chosen.index(step) + 1
-        console.info(f"step {index}/{len(chosen)}: {step.location} ({step.doc.path})")
+        with printing:
+            console.info(f"step {index}/{len(chosen)}: {step.location} ({step.doc.path})")
         started = time.monotonic()
         if children is None:
             code = run_pipeline(step.doc, data_dir, args, console)
@@ -109,8 +125,9 @@ def _round(dag: Dag, data_dir: str, args: argparse.Namespace, console: Console,
                                 f"(exit {code}, {time.monotonic() - started:.1f}s)")
         return code
 
-    def not_run(result) -> None:
-        console.warn(f"step {result.location}: not run: {result.reason}")
+    def not_run(result: StepResult) -> None:
+        with printing:
+            console.warn(f"step {result.location}: not run: {result.reason}")
 
     try:
         report = run_dag(dag, run_step, only=only, on_skip=not_run, jobs=jobs,

@@ -49,6 +49,8 @@ class WatchError(Exception):
 class Watcher:
     """The interface both watchers share: wait until some repos changed."""
 
+    how = ""  # how it watches, for people
+
     def wait(self) -> set[str]:
         """Block until at least one repo changed; the changed repo keys."""
         raise NotImplementedError
@@ -72,6 +74,8 @@ def open_watcher(data_dir: str, repos: Sequence[str], *, poll: float | None = No
 
 class InotifyWatcher(Watcher):
     """inotify watches on every directory of each repo."""
+
+    how = "inotify"
 
     def __init__(self, data_dir: str, repos: Sequence[str], *, settle: float) -> None:
         self.settle = settle
@@ -152,6 +156,7 @@ class PollWatcher(Watcher):
         self.data_dir = data_dir
         self.repos = list(repos)
         self.interval = interval
+        self.how = f"polling every {interval:g}s"
         self.settle = settle
         self._seen = {repo: _snapshot(os.path.join(data_dir, repo)) for repo in self.repos}
 
