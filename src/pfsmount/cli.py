@@ -56,9 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="with --watch: poll the input repos every SECONDS instead of using "
                           "inotify")
     run.add_argument("--jobs", type=_jobs, default=None, metavar="N",
-                     help="DAG steps that may run at the same time (default: half the CPUs, "
-                          "1 unless root; each step beyond the first in a mount namespace of "
-                          "its own)")
+                     help="DAG steps that may run at the same time (default: half the CPUs; "
+                          "1 unless root, as each then runs in a mount namespace of its own)")
     # How a DAG run starts one step in a child process (not for people).
     run.add_argument("--dag-step", default=None, help=argparse.SUPPRESS)
     run.add_argument("--lifeline", type=int, default=None, help=argparse.SUPPRESS)
