@@ -98,8 +98,35 @@ def _port(text: str) -> int:
 
 def _data_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default=None, metavar="DIR",
-                   help="directory holding one directory per repo "
-                        "(default: $PFSMOUNT_DATA or ./data)")
+                   help="directory holding one directory per repo, or s3://BUCKET[/PREFIX] "
+                        "holding one prefix per repo (default: $PFSMOUNT_DATA or ./data)")
+    p.add_argument("--output-dir", default=None, metavar="DIR",
+                   help="with s3:// data: the local directory for the output repo and job "
+                        "records (default: $PFSMOUNT_OUTPUT_DIR)")
+
+
+def _state_dir(args: argparse.Namespace, console: Console) -> str | None:
+    """Where the output repo, ledger and logs live, or None after printing why not.
+
+    Local data keeps them in the data directory, as always. S3 data keeps its inputs in the
+    bucket, but outputs are not written back to S3 yet: they go to a local --output-dir.
+    """
+    from pfsmount.store import is_remote
+
+    data = args.data or _default_data_dir()
+    out = getattr(args, "output_dir", None) or os.environ.get("PFSMOUNT_OUTPUT_DIR")
+    if not is_remote(data):
+        if getattr(args, "output_dir", None):
+            console.error("--output-dir is only for s3:// data; with a local --data DIR the "
+                          "output repo is DIR/<pipeline> (drop --output-dir)")
+            return None
+        return os.path.abspath(data)
+    if not out:
+        console.error(f"--data {data}: outputs are not written to S3 yet; pass --output-dir DIR "
+                      "(or set PFSMOUNT_OUTPUT_DIR), a local directory for the output repo "
+                      "and the job records")
+        return None
+    return os.path.abspath(out)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -150,6 +177,8 @@ def _setup_logging(console: Console, *, verbose: bool) -> None:
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     # pyfuse3 logs every ENOENT at debug level; noise unless asked for.
     logging.getLogger("pyfuse3").setLevel(logging.DEBUG if verbose else logging.WARNING)
+    # botocore tells at info level where it found credentials: noise beside pfsmount's words.
+    logging.getLogger("botocore").setLevel(logging.DEBUG if verbose else logging.WARNING)
 
 
 def _load(args: argparse.Namespace, console: Console):
@@ -157,9 +186,11 @@ def _load(args: argparse.Namespace, console: Console):
     from pfsmount.datums import expand, open_repos
     from pfsmount.memory import bulk_allocation
     from pfsmount.spec import SpecError, load_spec
+    from pfsmount.store import is_remote
     from pfsmount.store.local import StoreError
 
-    data_dir = os.path.abspath(args.data or _default_data_dir())
+    data = args.data or _default_data_dir()
+    data_dir = data if is_remote(data) else os.path.abspath(data)
     try:
         spec = load_spec(args.spec)
     except SpecError as exc:
@@ -167,7 +198,7 @@ def _load(args: argparse.Namespace, console: Console):
         return None
     for warning in spec.warnings:
         console.warn(warning)
-    if not os.path.isdir(data_dir):
+    if not is_remote(data_dir) and not os.path.isdir(data_dir):
         console.error(f"data directory {data_dir} does not exist (pass --data DIR, the directory "
                       "that holds one directory per repo, or set PFSMOUNT_DATA)")
         return None
@@ -229,11 +260,14 @@ def _cmd_run(args: argparse.Namespace, console: Console) -> int:
 
     from pfsmount.run import RunError, RunOptions, run_job
 
+    data_dir = _state_dir(args, console)
+    if data_dir is None:
+        return EXIT_USAGE
     loaded = _load(args, console)
     if loaded is None:
         return EXIT_USAGE
-    spec, repos, datums, data_dir = loaded
-    if spec.location in repos:
+    spec, repos, datums, _data = loaded
+    if spec.location in repos and data_dir == _data:
         # Repos are keyed by their place under DATA, so this compares projects too.
         console.error(f"{spec.source}: pipeline.name: '{spec.name}' is also an input repo; the "
                       "output repo would overwrite it (rename the pipeline)")
@@ -342,7 +376,9 @@ def _cmd_logs(args: argparse.Namespace, console: Console) -> int:
                           f"'{args.datum}' (see `pfsmount list-datums`)")
             return EXIT_USAGE
         wanted = matches if wanted is None else wanted & matches
-    data_dir = os.path.abspath(args.data or _default_data_dir())
+    data_dir = _state_dir(args, console)
+    if data_dir is None:
+        return EXIT_USAGE
     out = sys.stdout
     damaged: list[int] = []
     try:
@@ -371,7 +407,9 @@ def _open_ledger(args: argparse.Namespace, console: Console):
     from pfsmount.ledger import Ledger, LedgerError
     from pfsmount.output import work_dir
 
-    data_dir = os.path.abspath(args.data or _default_data_dir())
+    data_dir = _state_dir(args, console)
+    if data_dir is None:
+        return None
     pipeline = _pipeline_name(args.pipeline, console)
     if pipeline is None:
         return None

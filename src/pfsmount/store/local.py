@@ -114,8 +114,8 @@ def repo_location(project: str, repo: str) -> str:
     return f"{_PROJECT_PREFIX}{project}/{repo}"
 
 
-def open_repo(data_dir: str, repo: str, project: str = DEFAULT_PROJECT) -> RepoIndex:
-    """List the repo's directory once and return its index; raise `StoreError` if unusable."""
+def check_repo_name(project: str, repo: str) -> None:
+    """`StoreError` unless both names can be a place in the data layout (any store's)."""
     for what, name in (("project", project), ("repo", repo)):
         if not _REPO_NAME.fullmatch(name):
             raise StoreError(
@@ -123,6 +123,11 @@ def open_repo(data_dir: str, repo: str, project: str = DEFAULT_PROJECT) -> RepoI
                 "(a repo is one directory directly under the data directory, or under "
                 "DATA/@<project> for a project other than 'default')"
             )
+
+
+def open_repo(data_dir: str, repo: str, project: str = DEFAULT_PROJECT) -> RepoIndex:
+    """List the repo's directory once and return its index; raise `StoreError` if unusable."""
+    check_repo_name(project, repo)
     label = repo if project == DEFAULT_PROJECT else f"{project}/{repo}"
     root = os.path.abspath(os.path.join(data_dir, repo_location(project, repo)))
     _check_repo_dir(label, root, data_dir, project, repo)
