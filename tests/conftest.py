@@ -6,6 +6,9 @@ import pytest
 
 from support import is_mounted, unmount
 
+# The S3 server fixture (issue 15), session-scoped: one weed for the whole run.
+pytest_plugins = ["s3server"]
+
 
 @pytest.fixture
 def mnt(tmp_path: Path):

@@ -141,7 +141,8 @@ class Job:
 
 def run_pfsmount(ctx: Context, name: str, spec: dict[str, Any],
                  stop: Callable[[], bool] | None = None,
-                 env: Mapping[str, str] | None = None) -> Job:
+                 env: Mapping[str, str] | None = None, *, data: str | None = None,
+                 extra: Sequence[str] = ()) -> Job:
     """`pfsmount run` at /pfs in a private mount namespace; waits for it to end.
 
     `env` is added to the environment pfsmount is launched with (and user code inherits).
@@ -155,7 +156,8 @@ def run_pfsmount(ctx: Context, name: str, spec: dict[str, Any],
     # A private namespace gives the real /pfs (pachyderm-sdk reads /pfs/.env) without touching
     # the host's; the mount dies with the namespace even if pfsmount is killed.
     cmd = ["unshare", "--mount", "--propagation", "private", str(VENV_PY), "-m", "pfsmount",
-           "run", str(spec_path), "--data", str(ctx.data), "--mountpoint", "/pfs"]
+           "run", str(spec_path), "--data", data or str(ctx.data), "--mountpoint", "/pfs",
+           *extra]
     with open(log.with_suffix(".out"), "wb") as out, open(log.with_suffix(".err"), "wb") as err:
         started_at = time.time()
         t0 = time.perf_counter()

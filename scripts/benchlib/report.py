@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from benchlib import s3bench
 from benchlib.common import MIB, ROOT, SECTIONS, VENV_PY
 from benchlib.sections import ALTERNATIVES, READ_PATHS
 
@@ -115,6 +116,7 @@ TARGET_CHECKS: dict[str, Callable[[Mapping[str, Any]], list[Target]]] = {
     "small_files": _small_targets,
     "swap": _swap_targets,
     "scale": _scale_targets,
+    "s3": s3bench.targets,
 }
 
 
@@ -247,6 +249,7 @@ RENDERERS: dict[str, Callable[[Mapping[str, Any]], tuple[str, list[str]]]] = {
     "small_files": _render_small,
     "swap": _render_swap,
     "scale": _render_scale,
+    "s3": s3bench.render,
 }
 
 

@@ -137,8 +137,35 @@ def _seconds(text: str) -> float:
 
 def _data_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default=None, metavar="DIR",
-                   help="directory holding one directory per repo "
-                        "(default: $PFSMOUNT_DATA or ./data)")
+                   help="directory holding one directory per repo, or s3://BUCKET[/PREFIX] "
+                        "holding one prefix per repo (default: $PFSMOUNT_DATA or ./data)")
+    p.add_argument("--output-dir", default=None, metavar="DIR",
+                   help="with s3:// data: the local directory for the output repo and job "
+                        "records (default: $PFSMOUNT_OUTPUT_DIR)")
+
+
+def _state_dir(args: argparse.Namespace, console: Console) -> str | None:
+    """Where the output repo, ledger and logs live, or None after printing why not.
+
+    Local data keeps them in the data directory, as always. S3 data keeps its inputs in the
+    bucket, but outputs are not written back to S3 yet: they go to a local --output-dir.
+    """
+    from pfsmount.store import is_remote
+
+    data = args.data or _default_data_dir()
+    out = getattr(args, "output_dir", None) or os.environ.get("PFSMOUNT_OUTPUT_DIR")
+    if not is_remote(data):
+        if getattr(args, "output_dir", None):
+            console.error("--output-dir is only for s3:// data; with a local --data DIR the "
+                          "output repo is DIR/<pipeline> (drop --output-dir)")
+            return None
+        return os.path.abspath(data)
+    if not out:
+        console.error(f"--data {data}: outputs are not written to S3 yet; pass --output-dir DIR "
+                      "(or set PFSMOUNT_OUTPUT_DIR), a local directory for the output repo "
+                      "and the job records")
+        return None
+    return os.path.abspath(out)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -193,13 +220,15 @@ def _setup_logging(console: Console, *, verbose: bool) -> None:
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     # pyfuse3 logs every ENOENT at debug level; noise unless asked for.
     logging.getLogger("pyfuse3").setLevel(logging.DEBUG if verbose else logging.WARNING)
+    # botocore tells at info level where it found credentials: noise beside pfsmount's words.
+    logging.getLogger("botocore").setLevel(logging.DEBUG if verbose else logging.WARNING)
 
 
 def _load(args: argparse.Namespace, console: Console):
     """Spec, repos and datums, or None after printing why not."""
     from pfsmount.spec import SpecError, load_spec
 
-    data_dir = os.path.abspath(args.data or _default_data_dir())
+    data_dir = _data_location(args)
     try:
         spec = load_spec(args.spec)
     except SpecError as exc:
@@ -212,8 +241,18 @@ def _load(args: argparse.Namespace, console: Console):
     return spec, repos, datums, data_dir
 
 
+def _data_location(args: argparse.Namespace) -> str:
+    """Where the input repos are: an absolute directory, or s3://BUCKET[/PREFIX] as given."""
+    from pfsmount.store import is_remote
+
+    data = args.data or _default_data_dir()
+    return data if is_remote(data) else os.path.abspath(data)
+
+
 def _check_data_dir(data_dir: str, console: Console) -> bool:
-    if not os.path.isdir(data_dir):
+    from pfsmount.store import is_remote
+
+    if not is_remote(data_dir) and not os.path.isdir(data_dir):
         console.error(f"data directory {data_dir} does not exist (pass --data DIR, the directory "
                       "that holds one directory per repo, or set PFSMOUNT_DATA)")
         return False
@@ -296,7 +335,7 @@ def _cmd_run(args: argparse.Namespace, console: Console) -> int:
         except NamespaceError as exc:
             console.error(str(exc))
             return EXIT_USAGE
-    data_dir = os.path.abspath(args.data or _default_data_dir())
+    data_dir = _data_location(args)
     try:
         docs = load_specs(args.spec)
     except SpecError as exc:
@@ -310,7 +349,15 @@ def _cmd_run(args: argparse.Namespace, console: Console) -> int:
     if len(docs) == 1 and not args.watch:
         return run_pipeline(docs[0], data_dir, args, console)
     from pfsmount.dagcli import run_dag_command
+    from pfsmount.store import is_remote
 
+    if is_remote(data_dir):
+        # A step's output repo would land in the local --output-dir, where the next step,
+        # reading s3://, would never find it.
+        console.error(f"--data {data_dir}: a DAG (several pipelines, or --watch) needs its "
+                      "repos in a local data directory until outputs are written to S3; run "
+                      "each pipeline on its own with --output-dir")
+        return EXIT_USAGE
     if not _check_data_dir(data_dir, console):
         return EXIT_USAGE
     return run_dag_command(docs, data_dir, args, console)
@@ -324,11 +371,14 @@ def run_pipeline(doc: SpecDocument, data_dir: str, args: argparse.Namespace,
     from pfsmount.run import RunError, RunOptions, run_job
 
     spec = doc.spec
+    state_dir = _state_dir(args, console)
+    if state_dir is None:
+        return EXIT_USAGE
     opened = _open(spec, data_dir, console)
     if opened is None:
         return EXIT_USAGE
     repos, datums = opened
-    if spec.location in repos:
+    if spec.location in repos and state_dir == data_dir:
         # Repos are keyed by their place under DATA, so this compares projects too.
         console.error(f"{spec.source}: pipeline.name: '{spec.name}' is also an input repo; the "
                       "output repo would overwrite it (rename the pipeline)")
@@ -339,7 +389,7 @@ def run_pipeline(doc: SpecDocument, data_dir: str, args: argparse.Namespace,
     if not os.path.isdir(workdir):
         console.error(f"{spec.source}: transform.working_dir: {workdir} is not a directory")
         return EXIT_USAGE
-    opts = RunOptions(data_dir=data_dir, workdir=workdir,
+    opts = RunOptions(data_dir=state_dir, workdir=workdir,
                       mountpoint=os.path.abspath(args.mountpoint), port=args.port,
                       shared_tmp=args.shared_tmp)
     console.info(f"{len(datums)} datums; mounting {opts.mountpoint}; running "
@@ -436,7 +486,9 @@ def _cmd_logs(args: argparse.Namespace, console: Console) -> int:
                           f"'{args.datum}' (see `pfsmount list-datums`)")
             return EXIT_USAGE
         wanted = matches if wanted is None else wanted & matches
-    data_dir = os.path.abspath(args.data or _default_data_dir())
+    data_dir = _state_dir(args, console)
+    if data_dir is None:
+        return EXIT_USAGE
     out = sys.stdout
     damaged: list[int] = []
     try:
@@ -465,7 +517,9 @@ def _open_ledger(args: argparse.Namespace, console: Console):
     from pfsmount.ledger import Ledger, LedgerError
     from pfsmount.output import work_dir
 
-    data_dir = os.path.abspath(args.data or _default_data_dir())
+    data_dir = _state_dir(args, console)
+    if data_dir is None:
+        return None
     pipeline = _pipeline_name(args.pipeline, console)
     if pipeline is None:
         return None

@@ -3,7 +3,7 @@
 Datum order (deterministic, so a job's datums and their ids are the same on every run over the
 same repos):
 
-- `pfs`: matching entries in repo listing order (`RepoIndex.entries`: a directory comes right
+- `pfs`: matching entries in repo listing order (`RepoListing.entries`: a directory comes right
   before its contents). Files and directories both match; the root only for the glob "/".
 - `cross`: the cartesian product, first child outermost; a datum's inputs in child order.
 - `union`: the children's datums one after the other.
@@ -54,7 +54,9 @@ from pfsmount.spec import (
     SpecError,
     UnionInput,
 )
-from pfsmount.store.local import DEFAULT_PROJECT, RepoIndex, StoreError, open_repo, repo_location
+from pfsmount.store import open_repo
+from pfsmount.store.base import RepoListing, StoreError
+from pfsmount.store.local import DEFAULT_PROJECT, repo_location
 
 __all__ = [
     "Datum",
@@ -156,7 +158,7 @@ def _source_part(name: str, repo: str, branch: str) -> bytes:
     return _framed(name) + _framed(repo) + _framed(branch)
 
 
-def datum_hash(datum: Datum, repos: Mapping[str, RepoIndex], salt: str) -> str:
+def datum_hash(datum: Datum, repos: Mapping[str, RepoListing], salt: str) -> str:
     """The hash that decides skipping: id, each input's content fingerprint, then the salt.
 
     Each part is length-suffixed like the parts of the id, so no two sequences collide.
@@ -166,13 +168,13 @@ def datum_hash(datum: Datum, repos: Mapping[str, RepoIndex], salt: str) -> str:
     return _digest((datum.id, *fingerprints, salt))
 
 
-def open_repos(input: Input, data_dir: str, source: str = "") -> dict[str, RepoIndex]:
+def open_repos(input: Input, data_dir: str, source: str = "") -> dict[str, RepoListing]:
     """Open every repo the input tree names, once each, keyed by `PfsInput.repo_key`.
 
     A repo that cannot be used raises `StoreError` naming the spec field that asks for it
     (prefixed with `source`, the spec file's name, when given), then the store's reason and fix.
     """
-    repos: dict[str, RepoIndex] = {}
+    repos: dict[str, RepoListing] = {}
     for where, pfs in pfs_fields(input, "input"):
         if pfs.repo_key in repos:
             continue
@@ -194,7 +196,7 @@ def pfs_fields(node: Input, where: str) -> Iterator[tuple[str, PfsInput]]:
         yield from pfs_fields(child, f"{where}.{kind[type(node)]}[{i}]")
 
 
-def expand(input: Input, repos: Mapping[str, RepoIndex]) -> list[Datum]:
+def expand(input: Input, repos: Mapping[str, RepoListing]) -> list[Datum]:
     """All datums of an input tree, in the order described in the module docstring."""
     return [_make_datum(inputs) for inputs in _expand(input, repos)]
 
@@ -206,7 +208,7 @@ def _make_datum(inputs: Sequence[DatumInput]) -> Datum:
 _Inputs = tuple[DatumInput, ...]
 
 
-def _expand(node: Input, repos: Mapping[str, RepoIndex]) -> list[_Inputs]:
+def _expand(node: Input, repos: Mapping[str, RepoListing]) -> list[_Inputs]:
     if isinstance(node, PfsInput):
         return [(item,) for item in _expand_pfs(node, repos)]
     children = [_expand(child, repos) for child in node.children]
@@ -225,7 +227,7 @@ def _concat(parts: Iterable[_Inputs]) -> _Inputs:
     return tuple(item for part in parts for item in part)
 
 
-def _expand_pfs(pfs: PfsInput, repos: Mapping[str, RepoIndex]) -> list[DatumInput]:
+def _expand_pfs(pfs: PfsInput, repos: Mapping[str, RepoListing]) -> list[DatumInput]:
     repo = repos.get(pfs.repo_key)
     if repo is None:
         raise DatumError(

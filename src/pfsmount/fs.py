@@ -23,10 +23,12 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import pyfuse3
+import trio
 
 from pfsmount import _linux
 from pfsmount.notify import KernelNotifier
 from pfsmount.outdir import OutTree
+from pfsmount.store.base import Reader
 from pfsmount.view import DIR_MODE, InodeAllocator, Node, View, empty_view
 
 log = logging.getLogger(__name__)
@@ -70,6 +72,7 @@ class Handle:
 
     fd: int = -1
     data: bytes | None = None
+    reader: Reader | None = None  # a repo file of a view, from its store
     view: View | None = None
     out: OutTree | None = None
     listing: list[tuple[bytes, int]] | None = None  # directory snapshot: (name, inode)
@@ -390,6 +393,8 @@ class PfsOperations(pyfuse3.Operations):
             return None
         if handle.fd >= 0:
             os.close(handle.fd)
+        if handle.reader is not None:
+            handle.reader.close()
         if handle.view is not None:
             handle.view.handles -= 1
             self._reap_view(handle.view)
@@ -483,10 +488,11 @@ class PfsOperations(pyfuse3.Operations):
             else:
                 assert node.origin is not None
                 repo, entry = node.origin
-                fd = repo.open_file(entry)
+                # Local stores open the file now; remote ones fetch nothing until a read.
+                reader = repo.open_reader(entry)
                 self.stats.content_opens += 1
                 self.stats.files_opened.add(repo.source(entry.path))
-                handle = Handle(fd=fd, view=view)
+                handle = Handle(reader=reader, view=view)
             fh = self._new_handle(handle)
             if inode not in view.opened:
                 view.opened.add(inode)
@@ -507,8 +513,11 @@ class PfsOperations(pyfuse3.Operations):
         """
         if self.notifier is None or node.size > PRIME_MAX or node.size == 0:
             return  # not mounted (handlers awaited directly), too big, or nothing to send
+        reader = handle.reader
+        if reader is not None and not reader.inline:
+            return  # its bytes are remote: OPEN must not wait on the network
         try:
-            data = handle.data if handle.data is not None else os.pread(handle.fd, node.size, 0)
+            data = handle.data if reader is None else reader.read(0, node.size)
             if len(data) != node.size:
                 return  # changed since it was listed: let READ serve what is there
             pyfuse3.notify_store(inode, 0, data)
@@ -523,7 +532,14 @@ class PfsOperations(pyfuse3.Operations):
         handle = self._handles[fh]
         if handle.data is not None:
             return handle.data[off:off + size]
-        data = os.pread(handle.fd, size, off)
+        reader = handle.reader
+        if reader is None:  # a file of /pfs/out
+            data = os.pread(handle.fd, size, off)
+        elif reader.inline:
+            data = reader.read(off, size)
+        else:
+            # A remote read waits on the network: never on the thread that serves every request.
+            data = await trio.to_thread.run_sync(reader.read, off, size)
         self.stats.bytes_read += len(data)
         return data
 

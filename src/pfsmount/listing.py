@@ -22,7 +22,7 @@ from typing import Any, TextIO
 from pfsmount.datums import Datum, DatumInput, datum_hash
 from pfsmount.names import display, json_text
 from pfsmount.spec import PipelineSpec
-from pfsmount.store.local import RepoIndex
+from pfsmount.store.base import RepoListing
 
 __all__ = ["json_record", "print_datums"]
 
@@ -32,7 +32,7 @@ _CHUNK = 4096  # rows per write: one write per row is slow for 100k datums
 
 def print_datums(
     spec: PipelineSpec,
-    repos: Mapping[str, RepoIndex],
+    repos: Mapping[str, RepoListing],
     datums: Sequence[Datum],
     *,
     as_json: bool,
@@ -50,7 +50,7 @@ def print_datums(
     out.flush()
 
 
-def json_record(datum: Datum, repos: Mapping[str, RepoIndex], salt: str) -> dict[str, Any]:
+def json_record(datum: Datum, repos: Mapping[str, RepoListing], salt: str) -> dict[str, Any]:
     """The machine-readable form of one datum."""
     return {
         "id": datum.id,
@@ -69,7 +69,7 @@ def _json_input(item: DatumInput) -> dict[str, Any]:
 
 
 def _json_rows(
-    spec: PipelineSpec, repos: Mapping[str, RepoIndex], datums: Sequence[Datum]
+    spec: PipelineSpec, repos: Mapping[str, RepoListing], datums: Sequence[Datum]
 ) -> Any:
     for datum in datums:
         yield json.dumps(json_record(datum, repos, spec.salt)) + "\n"

@@ -33,6 +33,7 @@ from collections import deque
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
+from pfsmount.store.base import RepoListing
 from pfsmount.store.local import RepoIndex
 from pfsmount.view import Node, View
 
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 
 FICLONE = 0x40049409  # _IOW(0x94, 9, int), linux/fs.h
 MAX_HOPS = 40  # the kernel's limit on symlinks followed in one resolution (ELOOP)
+_REMOTE_COPY_CHUNK = 8 << 20
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -47,7 +49,7 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 class _Target:
     """An input file or directory a link resolved to."""
 
-    repo: RepoIndex
+    repo: RepoListing
     path: str  # in the repo, "/a/b"
     node: Node
 
@@ -57,7 +59,7 @@ class DatumFiles:
     """What one datum showed under /pfs: everything a link in its output may point at."""
 
     view: View
-    repos: Mapping[str, RepoIndex]
+    repos: Mapping[str, RepoListing]
     mountpoint: str  # the /pfs the user code saw
 
     def resolve(self, staging: str, link: list[bytes], target: bytes) -> _Target | None:
@@ -110,7 +112,7 @@ class DatumFiles:
             inode = children.get(name) if children is not None else None
         return self.view.node(inode) if inode is not None else None
 
-    def _repo(self, top: bytes) -> RepoIndex | None:
+    def _repo(self, top: bytes) -> RepoListing | None:
         datum = self.view.datum
         for inp in datum.inputs if datum is not None else ():
             if os.fsencode(inp.name) == top:
@@ -150,7 +152,7 @@ def materialize(staging: str, files: DatumFiles) -> int:
     return replaced
 
 
-def _place(repo: RepoIndex, path: str, node: Node, view: View, dir_fd: int, name: bytes,
+def _place(repo: RepoListing, path: str, node: Node, view: View, dir_fd: int, name: bytes,
            owner: tuple[int, int]) -> None:
     """Create `name` in `dir_fd` as a copy of the input entry `path` (recursively)."""
     if node.children is not None:
@@ -169,6 +171,8 @@ def _place(repo: RepoIndex, path: str, node: Node, view: View, dir_fd: int, name
         os.symlink(_link_target(repo, path), name, dir_fd=dir_fd)
         if owner != (os.geteuid(), os.getegid()):
             os.chown(name, *owner, dir_fd=dir_fd, follow_symlinks=False)
+    elif not isinstance(repo, RepoIndex):
+        _copy_remote(repo, path, stat.S_IMODE(node.mode), dir_fd, name, owner)
     else:
         src = _open_source(repo, path, owner)
         if src is not None:
@@ -216,6 +220,36 @@ def _copy_file(src: int, mode: int, dir_fd: int, name: bytes, owner: tuple[int, 
             os.close(dst)
     finally:
         os.close(src)
+
+
+def _copy_remote(repo: RepoListing, path: str, mode: int, dir_fd: int, name: bytes,
+                 owner: tuple[int, int]) -> None:
+    """Copy a listed file of a remote store (an S3 object) through its reader.
+
+    Every object of a bucket is readable by whoever the mount shows it to (mode 0644), so
+    no owner check is needed here.
+    """
+    entry = repo.get(path)
+    if entry is None or not entry.is_file:
+        raise OSError(errno.EINVAL, f"{repo.source(path)} is not a listed regular file")
+    reader = repo.open_reader(entry)
+    try:
+        dst = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                      0o600, dir_fd=dir_fd)
+        try:
+            offset = 0
+            while offset < entry.size:
+                chunk = reader.read(offset, min(_REMOTE_COPY_CHUNK, entry.size - offset))
+                if not chunk:
+                    break
+                os.write(dst, chunk)
+                offset += len(chunk)
+            os.fchmod(dst, mode)
+            _chown(dst, owner)
+        finally:
+            os.close(dst)
+    finally:
+        reader.close()
 
 
 def _clone(src: int, dst: int, size: int) -> None:
@@ -269,7 +303,7 @@ def _kind(node: Node | None) -> tuple[str | None, bytes | None]:
     return "file", None
 
 
-def _link_target(repo: RepoIndex, path: str) -> bytes:
+def _link_target(repo: RepoListing, path: str) -> bytes:
     entry = repo.get(path)
     if entry is None or not entry.is_symlink:
         raise OSError(errno.EINVAL, f"{repo.source(path)} is not a listed symlink")

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from pfsmount.datums import Datum
 from pfsmount.names import FS_ENCODING, FS_ERRORS, fsencode
-from pfsmount.store.local import Entry, RepoIndex
+from pfsmount.store.base import Entry, RepoListing
 
 DIR_MODE = stat.S_IFDIR | 0o555
 # The datum's environment can hold secrets (`transform.env`): readable by its owner only.
@@ -49,7 +49,7 @@ class Node:
     mode: int
     size: int
     mtime_ns: int
-    origin: tuple[RepoIndex, Entry] | None = None  # a repo file: opened with repo.open_file
+    origin: tuple[RepoListing, Entry] | None = None  # a repo file: read through repo.open_reader
     data: bytes | None = None  # content held in memory (/pfs/.env; a symlink's target)
     children: dict[bytes, int] | None = None  # directories only: name -> inode
     nlink: int = 1
@@ -126,7 +126,7 @@ class _Builder:
 
 def build_view(
     datum: Datum,
-    repos: Mapping[str, RepoIndex],
+    repos: Mapping[str, RepoListing],
     env_text: bytes,
     inodes: InodeAllocator,
 ) -> View:
@@ -145,7 +145,7 @@ def empty_view(inodes: InodeAllocator) -> View:
     return _Builder().finish(inodes.take(0), None)
 
 
-def _add_input(b: _Builder, name: str, path: str, repo: RepoIndex, *, empty_files: bool) -> None:
+def _add_input(b: _Builder, name: str, path: str, repo: RepoListing, *, empty_files: bool) -> None:
     root_entry = repo.get("/")
     root_mtime = root_entry.mtime_ns if root_entry else 0
     key = fsencode(name)
@@ -174,7 +174,7 @@ def _add_subtree(
     top: int,
     match_parts: list[str],
     entries: Iterable[Entry],
-    repo: RepoIndex,
+    repo: RepoListing,
     *,
     empty_files: bool,
 ) -> None:

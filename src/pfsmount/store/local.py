@@ -14,19 +14,14 @@ symlink after the listing cannot make /pfs show bytes from elsewhere.
 
 from __future__ import annotations
 
-import bisect
 import errno
-import hashlib
 import logging
 import os
 import re
 import stat
-import struct
-from collections.abc import Sequence
-from typing import NamedTuple
 
 from pfsmount import _linux
-from pfsmount.names import FS_ENCODING, FS_ERRORS
+from pfsmount.store.base import Entry, RepoListing, StoreError
 
 __all__ = ["DEFAULT_PROJECT", "Entry", "RepoIndex", "StoreError", "open_repo", "repo_location"]
 
@@ -35,90 +30,23 @@ log = logging.getLogger(__name__)
 _REPO_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
 DEFAULT_PROJECT = "default"
 _PROJECT_PREFIX = "@"
-_ENTRY_RECORD = struct.Struct(">IQq")
-_PATH_LENGTH = struct.Struct(">I")
 
 
-class StoreError(Exception):
-    """A repo that cannot be used; the message names the repo, the directory and the fix."""
-
-
-class Entry(NamedTuple):
-    """One file, directory or symlink of a repo, as lstat saw it when the repo was listed.
-
-    A named tuple, not a dataclass: a listing makes one per file, and a tuple is built
-    several times faster than a frozen dataclass (100,000-file repos).
-    """
-
-    path: str
-    mode: int
-    size: int
-    mtime_ns: int
-    uid: int = 0  # the owner /pfs shows
-    gid: int = 0
-    dev: int = 0  # what an open must find at `path` (see RepoIndex.open_file)
-    ino: int = 0
-    link: str = ""  # a symlink's target, read once when listed
-
-    @property
-    def is_dir(self) -> bool:
-        return stat.S_ISDIR(self.mode)
-
-    @property
-    def is_file(self) -> bool:
-        return stat.S_ISREG(self.mode)
-
-    @property
-    def is_symlink(self) -> bool:
-        return stat.S_ISLNK(self.mode)
-
-
-def _sort_key(path: str) -> str:
-    # NUL sorts below every character a name can hold, so a directory's descendants come right
-    # after it and before any sibling whose name merely starts with the directory's name.
-    return path.replace("/", "\x00")
-
-
-
-
-class RepoIndex:
-    """An immutable listing of one repo directory, with O(1) lookup and O(log n) subtrees."""
+class RepoIndex(RepoListing):
+    """An immutable listing of one repo directory; files are read with `pread` on an fd."""
 
     def __init__(self, name: str, root: str, entries: list[Entry], root_fd: int = -1) -> None:
-        entries.sort(key=lambda e: _sort_key(e.path))
-        self.name = name
-        self.root = root
+        super().__init__(name, root, entries)
         # The repo directory as listed, held open: every input is opened beneath it.
         self._root_fd = root_fd
-        self.entries: Sequence[Entry] = tuple(entries)
-        self._keys = [_sort_key(e.path) for e in self.entries]
-        self._by_path = {e.path: e for e in self.entries}
-        self._fingerprints: dict[str, str] = {}
-        self.commit = self._digest(self.entries, digest_size=16)
-
-    def __repr__(self) -> str:
-        return f"RepoIndex({self.name!r}, {self.root!r}, {len(self.entries)} entries)"
-
-    def get(self, path: str) -> Entry | None:
-        """The entry at `path` ("/dir/a.txt"; the root is "/"), or None."""
-        return self._by_path.get(path)
-
-    def subtree(self, path: str) -> Sequence[Entry]:
-        """The entry at `path` and all its descendants, in listing order (empty if absent)."""
-        if path == "/":
-            return self.entries
-        key = _sort_key(path)
-        start = bisect.bisect_left(self._keys, key)
-        if start == len(self._keys) or self._keys[start] != key:
-            return ()
-        # Every descendant key is `key + "\x00" + ...`, so all of them sort below `key + "\x01"`.
-        end = bisect.bisect_left(self._keys, key + "\x01", lo=start)
-        return self.entries[start:end]
 
     def source(self, path: str) -> str:
         """The absolute filesystem path holding the bytes of the entry at `path`."""
         relative = path.lstrip("/")
         return os.path.join(self.root, relative) if relative else self.root
+
+    def open_reader(self, entry: Entry) -> LocalReader:
+        return LocalReader(self.open_file(entry))
 
     def open_file(self, entry: Entry) -> int:
         """Open the listed regular file `entry` read-only, never through a symlink.
@@ -158,31 +86,22 @@ class RepoIndex:
         self._root_fd = fd
         return fd
 
-    def content_fingerprint(self, path: str) -> str:
-        """A cheap fingerprint of a subtree's content (paths, modes, sizes, mtimes).
 
-        No file is read: a rewrite changes the mtime (and usually the size), which is what
-        decides whether a datum must run again.
-        """
-        cached = self._fingerprints.get(path)
-        if cached is None:
-            entry = self._by_path.get(path)
-            # A file is its own subtree; skip the two bisects (100k-datum listings).
-            entries = (entry,) if entry is not None and not entry.is_dir else self.subtree(path)
-            cached = self._digest(entries, digest_size=32)
-            self._fingerprints[path] = cached
-        return cached
+class LocalReader:
+    """A listed local file, open; a `pread` of it is short enough for the FUSE thread."""
 
-    @staticmethod
-    def _digest(entries: Sequence[Entry], digest_size: int) -> str:
-        h = hashlib.blake2b(digest_size=digest_size)
-        update, path_length, record = h.update, _PATH_LENGTH.pack, _ENTRY_RECORD.pack
-        for path, mode, size, mtime_ns, _uid, _gid, _dev, _ino, _link in entries:
-            # A name's own bytes: scandir decoded them as os.fsdecode does.
-            name = path.encode(FS_ENCODING, FS_ERRORS)
-            # Length-prefixing each path keeps two different listings from hashing alike.
-            update(b"".join((path_length(len(name)), name, record(mode, size, mtime_ns))))
-        return h.hexdigest()
+    inline = True
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def read(self, offset: int, size: int) -> bytes:
+        return os.pread(self.fd, size, offset)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
 
 def repo_location(project: str, repo: str) -> str:
@@ -195,8 +114,8 @@ def repo_location(project: str, repo: str) -> str:
     return f"{_PROJECT_PREFIX}{project}/{repo}"
 
 
-def open_repo(data_dir: str, repo: str, project: str = DEFAULT_PROJECT) -> RepoIndex:
-    """List the repo's directory once and return its index; raise `StoreError` if unusable."""
+def check_repo_name(project: str, repo: str) -> None:
+    """`StoreError` unless both names can be a place in the data layout (any store's)."""
     for what, name in (("project", project), ("repo", repo)):
         if not _REPO_NAME.fullmatch(name):
             raise StoreError(
@@ -204,6 +123,11 @@ def open_repo(data_dir: str, repo: str, project: str = DEFAULT_PROJECT) -> RepoI
                 "(a repo is one directory directly under the data directory, or under "
                 "DATA/@<project> for a project other than 'default')"
             )
+
+
+def open_repo(data_dir: str, repo: str, project: str = DEFAULT_PROJECT) -> RepoIndex:
+    """List the repo's directory once and return its index; raise `StoreError` if unusable."""
+    check_repo_name(project, repo)
     label = repo if project == DEFAULT_PROJECT else f"{project}/{repo}"
     root = os.path.abspath(os.path.join(data_dir, repo_location(project, repo)))
     _check_repo_dir(label, root, data_dir, project, repo)
