@@ -515,7 +515,7 @@ def _cmd_logs(args: argparse.Namespace, console: Console) -> int:
 
 def _open_ledger(args: argparse.Namespace, console: Console):
     from pfsmount.ledger import Ledger, LedgerError
-    from pfsmount.output import work_dir
+    from pfsmount.workspace import Workspace
 
     data_dir = _state_dir(args, console)
     if data_dir is None:
@@ -523,7 +523,7 @@ def _open_ledger(args: argparse.Namespace, console: Console):
     pipeline = _pipeline_name(args.pipeline, console)
     if pipeline is None:
         return None
-    path = os.path.join(work_dir(data_dir, pipeline), "ledger.sqlite")
+    path = Workspace.of(data_dir, pipeline).ledger_path
     if not os.path.exists(path):
         console.error(f"no job of pipeline '{pipeline}' is recorded in {data_dir} "
                       "(run it first, or pass --data DIR)")

@@ -14,13 +14,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TextIO
 
-from pfsmount.output import WORK_DIR
+from pfsmount.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
 
 def logs_dir(data_dir: str, pipeline: str) -> str:
-    return os.path.join(data_dir, WORK_DIR, pipeline, "logs")
+    return Workspace.of(data_dir, pipeline).logs_dir
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """The worker's Unix socket for pfsmount's own clients (framing in `wire.py`).
 
-A call here runs `DatumLoop.next_datum` directly on the trio thread: no HTTP/2, and no hop
+A call here runs `Worker.next_datum` directly on the trio thread: no HTTP/2, and no hop
 from a gRPC thread into trio and back, which is most of what a NextDatum costs over gRPC.
 
 Only the job's user code may call: the socket lives in a directory no one else can enter
@@ -18,7 +18,7 @@ import stat
 import trio
 
 from pfsmount.peers import JobPeers, PeerRefused
-from pfsmount.protocol import WorkerGone, WorkerRefused
+from pfsmount.reply import NextDatumHandler, WorkerGone, WorkerRefused
 from pfsmount.wire import (
     ASK_PACHYDERM,
     ASK_PFSMOUNT,
@@ -31,7 +31,6 @@ from pfsmount.wire import (
     frame,
     unframe_header,
 )
-from pfsmount.worker import DatumLoop
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +66,7 @@ def private_dir(directory: str) -> None:
 
 async def serve_local(
     path: str,
-    loop: DatumLoop,
+    loop: NextDatumHandler,
     peers: JobPeers | None = None,
     *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
@@ -105,7 +104,7 @@ async def serve_local(
     await trio.serve_listeners(connection, [listener])
 
 
-async def _serve_connection(stream: trio.SocketStream, loop: DatumLoop) -> None:
+async def _serve_connection(stream: trio.SocketStream, loop: NextDatumHandler) -> None:
     reader = _Reader(stream)
     while True:
         header = await reader.exactly(5)

@@ -1,11 +1,7 @@
 """The output repo: private staging per datum attempt, then a crash-safe commit per datum.
 
-Layout inside the data directory (repo names cannot start with a dot, so this never
-collides with a repo):
-
-    DATA/<pipeline>/                           the output repo
-    DATA/.pfsmount/<pipeline>/ledger.sqlite    what the output repo holds, and why
-    DATA/.pfsmount/<pipeline>/staging/<n>/     what one attempt wrote to /pfs/out
+Its names come from the pipeline's `Workspace`: each worker stages its attempts in its own
+`staging/<worker>/<n>/`, and the ledger says what the output repo holds, and why.
 
 A datum's output enters the output repo in one logical step: its staged files are synced,
 then one ledger transaction records the datum's new state, its files and the intended file
@@ -44,11 +40,9 @@ from pfsmount import nofollow
 from pfsmount.ledger import DatumEnding, Intent, Ledger, LedgerError
 from pfsmount.names import display
 from pfsmount.ownership import OutputIndex
+from pfsmount.workspace import Workspace
 
 log = logging.getLogger(__name__)
-
-WORK_DIR = ".pfsmount"
-
 
 class OutputConflict(Exception):
     """Two datums wrote the same output path."""
@@ -72,28 +66,6 @@ class _Ending:
     staging: str | None
 
 
-def work_dir(data_dir: str, pipeline: str) -> str:
-    return os.path.join(data_dir, WORK_DIR, pipeline)
-
-
-def make_workspace(work: str) -> None:
-    """Create the pipeline's workspace readable by its owner only, tightening an old one.
-
-    The ledger, the job logs and the staging directories below it hold what user code
-    wrote and printed; older pfsmount versions made them 0755/0644.
-    """
-    os.makedirs(os.path.dirname(work), mode=0o700, exist_ok=True)
-    os.makedirs(work, mode=0o700, exist_ok=True)
-    os.chmod(work, 0o700)
-    logs = os.path.join(work, "logs")
-    if os.path.isdir(logs) and not os.path.islink(logs):
-        os.chmod(logs, 0o700)
-        with os.scandir(logs) as entries:
-            for entry in entries:
-                if entry.is_file(follow_symlinks=False):
-                    os.chmod(entry.path, 0o600)
-
-
 @dataclass
 class OutputRepo:
     """One pipeline's output repo, changed one datum at a time through the ledger."""
@@ -112,10 +84,11 @@ class OutputRepo:
         self._index: OutputIndex | None = None  # loaded from the ledger when first needed
         self._claims: dict[str, str] = {}  # output path -> queued datum that adds it
         self._releases: set[str] = set()  # output paths queued endings delete
-        self.work = work_dir(self.data_dir, self.pipeline)
-        self.staging_root = os.path.join(self.work, "staging")
-        self.repo_dir = os.path.join(self.data_dir, self.pipeline)
+        self.workspace = Workspace.of(self.data_dir, self.pipeline)
+        self.staging_root = self.workspace.staging_root
+        self.repo_dir = self.workspace.repo_dir
         self._attempts = 0
+        self._worker_dirs: set[int] = set()  # workers whose staging directory exists
         os.makedirs(self.repo_dir, exist_ok=True)
 
     # ----- start of a run -------------------------------------------------------------
@@ -131,9 +104,13 @@ class OutputRepo:
         return len(pending)
 
     def clear_staging(self) -> None:
-        """Remove attempts' staging left by an earlier run (after `recover`, never before)."""
+        """Remove attempts' staging left by an earlier run (after `recover`, never before).
+
+        Every worker's: at the start of a run, under the pipeline's lock, none is writing.
+        """
         shutil.rmtree(self.staging_root, ignore_errors=True)
         os.makedirs(self.staging_root, mode=0o700, exist_ok=True)
+        self._worker_dirs.clear()
 
     def forget_missing(self, datum_ids: set[str]) -> int:
         """Remove the outputs of datums that no longer exist; returns how many datums."""
@@ -171,10 +148,16 @@ class OutputRepo:
 
     # ----- datum attempts ---------------------------------------------------------------
 
-    def new_staging(self) -> str:
-        """A fresh, empty directory for one datum attempt's /pfs/out."""
-        self._attempts += 1
-        path = os.path.join(self.staging_root, str(self._attempts))
+    def new_staging(self, worker: int = 0) -> str:
+        """A fresh, empty directory for one attempt's /pfs/out on worker `worker`."""
+        with self._lock:  # prepared in threads, possibly for several workers at once
+            self._attempts += 1
+            attempt = self._attempts
+        parent = self.workspace.staging_dir(worker)
+        if worker not in self._worker_dirs:
+            os.makedirs(parent, mode=0o700, exist_ok=True)
+            self._worker_dirs.add(worker)
+        path = os.path.join(parent, str(attempt))
         os.mkdir(path, 0o700)
         return path
 

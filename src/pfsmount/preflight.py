@@ -12,7 +12,7 @@ import os
 import socket
 from collections.abc import Collection, Mapping
 
-from pfsmount.output import WORK_DIR
+from pfsmount.workspace import WORK_DIR
 
 
 class StartError(Exception):

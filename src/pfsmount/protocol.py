@@ -22,11 +22,11 @@ import socket
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
 import grpc
 
 from pfsmount.peers import JobPeers, PeerRefused
+from pfsmount.reply import NextDatumFn, Reply, WorkerGone, WorkerRefused  # also re-exported
 from pfsmount.wire import DecodeError, NextDatumRequest, NextDatumResponse
 
 logger = logging.getLogger(__name__)
@@ -49,39 +49,8 @@ _PARKED_GRACE = 0.2
 # --- the server ---------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Reply:
-    """The worker's answer to one NextDatum call."""
-
-    env: tuple[str, ...]
-    done: bool = False
-    datum_id: str = ""
-
-
-class WorkerGone(Exception):
-    """Raised by the NextDatum callback when the job is shutting down.
-
-    The call is aborted with UNAVAILABLE and this exception's message.
-    """
-
-
-class WorkerRefused(Exception):
-    """Raised by the NextDatum callback to refuse a call for a reason the caller must see.
-
-    The call fails with FAILED_PRECONDITION and exactly this message (e.g. Pachyderm's
-    "datum batching not enabled").
-    """
-
-
 class BindError(OSError):
     """The server could not listen on the requested loopback port."""
-
-
-NextDatumFn = Callable[[str, bool], Reply]
-"""``(error, own_client) -> Reply``: finish the current datum and block until the next is ready.
-
-Called on a gRPC thread. ``own_client`` is False for Pachyderm's method, True for pfsmount's.
-"""
 
 
 class WorkerServer:

@@ -9,7 +9,6 @@ the kernel), then the gRPC server, then the mount.
 from __future__ import annotations
 
 import errno
-import fcntl
 import functools
 import json
 import logging
@@ -36,17 +35,18 @@ from pfsmount.ledger import Ledger, LedgerError
 from pfsmount.local import SocketDirError, private_dir, serve_local
 from pfsmount.memory import bulk_allocation
 from pfsmount.notify import KernelNotifier
-from pfsmount.output import OutputRepo, make_workspace, work_dir
+from pfsmount.output import OutputRepo
 from pfsmount.peers import JobPeers
 from pfsmount.preflight import StartError, check_mountpoint_outside, check_port, check_program
 from pfsmount.protocol import WorkerServer
-from pfsmount.sandbox import RunDir, Sandbox, absolute_paths, choose, run_dir
+from pfsmount.sandbox import RunDir, Sandbox, absolute_paths, choose
 from pfsmount.shims import NATIVE_PACHCTL, write_pachctl
 from pfsmount.spec import PipelineSpec
 from pfsmount.store.local import RepoIndex
 from pfsmount.supervisor import Supervisor, fmt_seconds
 from pfsmount.wire import LOCAL_SOCKET_ENV
 from pfsmount.worker import Bridge, DatumLoop, DatumRecord, DatumState
+from pfsmount.workspace import Workspace, WorkspaceBusy
 
 log = logging.getLogger(__name__)
 
@@ -224,22 +224,12 @@ class Plan:
     resuming: bool
 
 
-def lock_pipeline(work: str, pipeline: str) -> int:
+def lock_pipeline(workspace: Workspace) -> int:
     """Hold the pipeline's lock for this process's life; two runs would corrupt each other."""
-    make_workspace(work)
-    path = os.path.join(work, "lock")
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-    os.fchmod(fd, 0o600)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-        os.close(fd)
-        raise RunError(f"pipeline '{pipeline}' is already running on this data directory "
-                       f"(pid {holder}); wait for it to finish or stop it first") from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    return fd
+        return workspace.lock()
+    except WorkspaceBusy as exc:
+        raise RunError(str(exc)) from None
 
 
 def inputs_json(datum: Datum) -> str:
@@ -310,10 +300,10 @@ async def run_job(
     spec_hash: str = "",
 ) -> JobReport:
     """Mount /pfs, run the user code over every datum that needs it, commit as datums end."""
-    work = work_dir(opts.data_dir, spec.location)
-    lock_fd = lock_pipeline(work, spec.location)
+    workspace = Workspace.of(opts.data_dir, spec.location)
+    lock_fd = lock_pipeline(workspace)
     try:
-        return await _locked_job(spec, repos, datums, opts, console, spec_hash, work)
+        return await _locked_job(spec, repos, datums, opts, console, spec_hash, workspace)
     finally:
         os.close(lock_fd)
 
@@ -325,7 +315,7 @@ async def _locked_job(
     opts: RunOptions,
     console: Console,
     spec_hash: str,
-    work: str,
+    workspace: Workspace,
 ) -> JobReport:
     # Every refusal comes before the job is recorded: a refused run leaves the ledger as it
     # was (no phantom "running" job; an interrupted job stays resumable).
@@ -335,7 +325,7 @@ async def _locked_job(
         raise RunError(str(exc)) from None
     prepare_mountpoint(opts.mountpoint)
     try:
-        ledger = Ledger(os.path.join(work, "ledger.sqlite"))
+        ledger = Ledger(workspace.ledger_path)
     except LedgerError as exc:
         raise RunError(str(exc)) from None
     output = OutputRepo(opts.data_dir, spec.location, ledger)
@@ -359,7 +349,7 @@ async def _locked_job(
                      f"{'was' if len(untracked) == 1 else 'were'} not written by any "
                      f"datum (e.g. {untracked[0]}); they are left as they are")
     joblog = JobLog(opts.data_dir, spec.location, plan.job_id)
-    rundir = run_dir(work)
+    rundir = workspace.run
     await trio.to_thread.run_sync(rundir.create)
     sandbox = await choose(rundir, shared_tmp=opts.shared_tmp, needed=[
         opts.mountpoint, opts.workdir or os.getcwd(), rundir.root, rundir.socket_path,
@@ -481,7 +471,7 @@ async def _serve(
     # Only the user code may drive the datums. It runs as pfsmount's own uid today; a
     # `transform.user` would pass its uid here (and mount with allow_other, see mount_options).
     peers = JobPeers(uid=os.getuid())
-    server = WorkerServer(Bridge(loop, token), port=opts.port, peers=peers)
+    server = WorkerServer(Bridge(loop.workers[0], token), port=opts.port, peers=peers)
     try:
         port = server.start()
     except OSError as exc:
@@ -503,7 +493,7 @@ async def _serve(
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_watch_signals, nursery.cancel_scope, interrupted)
-            await nursery.start(serve_local, env[LOCAL_SOCKET_ENV], loop, peers)
+            await nursery.start(serve_local, env[LOCAL_SOCKET_ENV], loop.workers[0], peers)
             with trio.move_on_after(spec.job_timeout or math.inf) as job_scope:
                 outcome = await sup.run()
             if job_scope.cancelled_caught:

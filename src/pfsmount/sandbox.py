@@ -97,7 +97,7 @@ class RunDir:
 
 
 def run_dir(work: str) -> RunDir:
-    """The run directory inside the pipeline's workspace `work` (output.work_dir)."""
+    """The run directory inside the pipeline's workspace `work` (`workspace.Workspace.root`)."""
     return RunDir(os.path.join(work, "run"))
 
 

@@ -23,7 +23,7 @@ from pfsmount.console import Console
 from pfsmount.joblog import JobLog
 from pfsmount.sandbox import NO_SANDBOX, Sandbox
 from pfsmount.spec import PipelineSpec
-from pfsmount.worker import DatumLoop, DatumRecord
+from pfsmount.worker import DatumLoop, DatumRecord, Worker
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,7 @@ class Supervisor:
         sandbox: Sandbox = NO_SANDBOX,
     ) -> None:
         self.loop = loop
+        self.worker = loop.workers[0]
         self.spec = spec
         self.console = console
         self.joblog = joblog
@@ -113,7 +114,7 @@ class Supervisor:
         self._live.discard(proc)
 
     def _user_sink(self, stream: str, line: bytes) -> None:
-        record = self.loop.current
+        record = self.worker.current
         self.console.user_line(stream, line)
         self.joblog.line(record.datum.id if record else "", record.attempts if record else 0,
                          "user", stream, line)
@@ -141,22 +142,23 @@ class Supervisor:
     async def _batching(self) -> str:
         crashes = 0
         cmd = self.spec.transform
+        worker = self.worker
         while True:
-            self.loop.resume()
+            worker.resume()
             proc = await self._start(cmd.cmd, self.env, cmd.stdin, self._user_sink)
-            event = await self._wait(proc)
+            event = await self._wait(proc, worker)
             if event == "finished":
-                await self._end_after_last(proc)
+                await self._end_after_last(proc, worker)
                 return "success"
-            calls = self.loop.process_calls
+            calls = worker.process_calls
             if event == "timeout":
                 reason = (f"datum_timeout of {fmt_seconds(self.spec.datum_timeout or 0)} "
                           "expired; the user code was stopped")
             else:
-                await self.loop.pause()
+                await worker.pause()
                 reason = f"user code {usercode.describe_exit(proc.returncode or 0)}"
             await self._stop(proc)
-            await self.loop.process_died(reason)
+            await worker.process_died(reason)
             if self.loop.finished.is_set():
                 return "success"
             crashes = crashes + 1 if calls == 0 else 0
@@ -174,7 +176,7 @@ class Supervisor:
             self.restarts += 1
             log.warning("%s; starting it again", reason)
 
-    async def _wait(self, proc: usercode.UserProcess) -> str:
+    async def _wait(self, proc: usercode.UserProcess, worker: Worker) -> str:
         """"finished", "exited" or "timeout": whichever happens first."""
         result: list[str] = []
 
@@ -194,14 +196,14 @@ class Supervisor:
 
             async def timer() -> None:
                 while True:
-                    changed, deadline = self.loop.changed, self.loop.deadline
-                    attempt = self.loop.current_attempt()
+                    changed, deadline = worker.changed, worker.deadline
+                    attempt = worker.current_attempt()
                     if deadline is None:
                         await changed.wait()
                         continue
                     with trio.move_on_at(deadline):
                         await changed.wait()
-                    if not changed.is_set() and await self.loop.pause(attempt):
+                    if not changed.is_set() and await worker.pause(attempt):
                         done("timeout")
                         return
 
@@ -212,8 +214,8 @@ class Supervisor:
             return "finished"
         return result[0]
 
-    async def _end_after_last(self, proc: usercode.UserProcess) -> None:
-        if self.loop.last_caller_own:
+    async def _end_after_last(self, proc: usercode.UserProcess, worker: Worker) -> None:
+        if worker.last_caller_own:
             # pfsmount's clients are told "no more datums" and should leave on their own.
             with trio.move_on_after(self.exit_grace) as waited:
                 await proc.wait()
@@ -230,7 +232,7 @@ class Supervisor:
         timeout = self.spec.datum_timeout or math.inf
         error = ""
         while True:
-            reply = await self.loop.advance(error)
+            reply = await self.worker.advance(error)
             if reply.done:
                 return "success"
             # The datum's variables on top of the inherited environment, as Pachyderm does.

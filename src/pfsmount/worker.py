@@ -1,21 +1,25 @@
 """The datum loop: what finishing a datum attempt and presenting the next one do.
 
-Closing an attempt commits its /pfs/out (success) or, on failure, runs `err_cmd` while the
-failed datum is still in /pfs, drops its output, and either marks it RECOVERED (err_cmd
-exited 0), schedules it again (tries remain) or marks it FAILED. Presenting a datum builds
-its view and staging directory off the trio thread and swaps /pfs in one step.
+`DatumLoop` is the job's side: one shared `DatumQueue`, the output repo, the datum env,
+err_cmd, preparing the next datum ahead, group commits. `Worker` is one slot that takes a
+datum from the queue, runs its attempts and gives it back: it owns the current attempt, its
+deadline and the NextDatum calls of its own user process.
 
-Both drivers use this loop: with datum batching the user code's NextDatum calls arrive
-through `Bridge` (serialized by a lock, as Pachyderm does); without it `supervisor.py`
-advances the loop itself once per process. When a user process dies or times out, the
-supervisor `pause`s the loop first, so a late call from the dying process can never close
-or take a datum that belongs to its successor.
+Closing an attempt commits its /pfs/out (success) or, on failure, runs `err_cmd` while the
+failed datum is still in the worker's /pfs, drops its output, and either marks it RECOVERED
+(err_cmd exited 0), puts it back at the head of the queue (tries remain) or marks it FAILED.
+Presenting a datum builds its view and staging directory off the trio thread and swaps /pfs
+in one step.
+
+Both drivers use a worker: with datum batching the user code's NextDatum calls arrive
+through `Bridge` or the local socket (serialized per worker, as Pachyderm does); without it
+`supervisor.py` advances the worker itself once per process. When a user process dies or
+times out, the supervisor `pause`s its worker first, so a late call from the dying process can
+never close or take a datum that belongs to its successor.
 """
 
 from __future__ import annotations
 
-import collections
-import enum
 import functools
 import logging
 import re
@@ -32,7 +36,8 @@ from pfsmount.names import env_line, message
 from pfsmount.outdir import OutTree
 from pfsmount.outlinks import DatumFiles, materialize
 from pfsmount.output import OutputConflict, OutputRepo, small_listing
-from pfsmount.protocol import Reply, WorkerGone, WorkerRefused
+from pfsmount.queue import FINAL_STATES, DatumQueue, DatumRecord, DatumState
+from pfsmount.reply import Reply, WorkerGone, WorkerRefused
 from pfsmount.store.local import RepoIndex
 from pfsmount.view import View, build_view, empty_view
 
@@ -44,28 +49,7 @@ HIDDEN_ENV = frozenset({"POSTGRES_PASSWORD"})
 DATUM_ENV_PREFIXES = ("PPS_", "PACH_")
 
 
-class DatumState(enum.Enum):
-    PENDING = "pending"
-    RUNNING = "running"
-    SUCCESS = "success"
-    FAILED = "failed"
-    RECOVERED = "recovered"
-
-
-FINAL_STATES = frozenset({DatumState.SUCCESS, DatumState.FAILED, DatumState.RECOVERED})
-
-
-@dataclass
-class DatumRecord:
-    """What happened to one datum."""
-
-    datum: Datum
-    state: DatumState = DatumState.PENDING
-    attempts: int = 0
-    error: str = ""
-    started: float = 0.0
-    seconds: float = 0.0
-    output_files: int = 0
+__all__ = ["FINAL_STATES", "Bridge", "DatumLoop", "DatumRecord", "DatumState", "Worker"]
 
 
 @dataclass
@@ -143,7 +127,12 @@ def env_file(env: Sequence[tuple[str, str]], datum_keys: frozenset[str] = frozen
 
 
 class DatumLoop:
-    """Hands out datum attempts and records how each one ended."""
+    """One job's datum loop: the shared queue, what every attempt needs, and the workers.
+
+    What is the job's lives here (the queue, the output repo, the repos, the datum env, err_cmd,
+    preparing ahead, group commits); what is one worker's (its current attempt, deadline,
+    NextDatum calls, what its /pfs shows) lives in its `Worker`.
+    """
 
     def __init__(
         self,
@@ -158,33 +147,25 @@ class DatumLoop:
         batching: bool = True,
         on_progress: Callable[[DatumLoop], None] = lambda loop: None,
     ) -> None:
-        self.records = [DatumRecord(d) for d in datums]
-        self._counts = collections.Counter({DatumState.PENDING: len(self.records)})
-        self._repos = repos
-        self._fs = fs
-        self._output = output
-        self._mountpoint = mountpoint
-        self._tries = tries
-        self._datum_timeout = datum_timeout
-        self._batching = batching
+        self.queue = DatumQueue(datums)
+        self.repos = repos
+        self.fs = fs
+        self.output = output
+        self.mountpoint = mountpoint
+        self.tries = tries
+        self.datum_timeout = datum_timeout
+        self.batching = batching
         self._on_progress = on_progress
-        self._process_env: dict[str, str] = {}  # what the user process inherits
+        self.process_env: dict[str, str] = {}  # what the user process inherits
         self._shared_env: list[tuple[str, str]] = []  # what every datum's env starts with
         self._shared_keys: frozenset[str] = frozenset()
-        self._err_cmd: ErrCmdRunner | None = None
-        self._lock = trio.Lock()
-        self._pending = collections.deque(self.records)
-        self._current: _Current | None = None
+        self.err_cmd: ErrCmdRunner | None = None
         self._nursery: trio.Nursery | None = None
         self._prefetch: _Prefetch | None = None
-        self._closed = False
-        self._paused = False
-        self._generation = 0
-        self.process_calls = 0  # NextDatum calls made by the current user process
+        self.closed = False
         self.finished = trio.Event()  # every datum has reached a final state
-        self.last_caller_own = False  # was the final call made by a pfsmount client?
-        self.deadline: float | None = None  # trio clock time the current attempt times out
-        self.changed = trio.Event()  # set (and replaced) whenever the current attempt changes
+        # One worker today; the fs serves a single /pfs root (see fs.PfsOperations.show).
+        self.workers = [Worker(0, self)]
 
     def configure(
         self,
@@ -197,42 +178,165 @@ class DatumLoop:
         A datum's env (reply and /pfs/.env) is `shared_env` of these plus the datum's own
         variables; err_cmd runs with the process environment plus the datum's env.
         """
-        self._process_env = dict(process_env)
+        self.process_env = dict(process_env)
         self._shared_env = shared_env(process_env, transform_env or {})
         self._shared_keys = frozenset(k for k, _ in self._shared_env)
-        self._err_cmd = err_cmd
+        self.err_cmd = err_cmd
 
     # ----- queries --------------------------------------------------------------------
 
+    @property
+    def records(self) -> list[DatumRecord]:
+        return self.queue.records
+
     def count(self, state: DatumState) -> int:
-        return self._counts[state]
+        return self.queue.count(state)
 
     @property
     def closed_count(self) -> int:
-        return sum(self._counts[s] for s in FINAL_STATES)
+        return self.queue.closed_count
 
-    def _set_state(self, record: DatumRecord, state: DatumState) -> None:
-        # Counted as they change: the progress line asks after every datum, and a scan of
-        # every record each time is quadratic over a job of 100,000 datums.
-        self._counts[record.state] -= 1
-        self._counts[state] += 1
-        record.state = state
+    def progress(self) -> None:
+        self._on_progress(self)
+
+    # ----- the job's end ----------------------------------------------------------------
+
+    def check_finished(self) -> bool:
+        """Set `finished` once nothing waits and no worker holds a datum; True if so."""
+        if self.queue.empty and all(w.idle for w in self.workers):
+            self.finished.set()
+        return self.finished.is_set()
+
+    async def abort(self, reason: str) -> None:
+        """End the loop early: attempts in progress are dropped (a resume runs them again)."""
+        self.closed = True
+        for worker in self.workers:
+            await worker.drop(reason)
+
+    def close(self) -> None:
+        """Refuse every further call (the job is ending)."""
+        self.closed = True
+
+    # ----- preparing datums -------------------------------------------------------------
+
+    def prepare(self, record: DatumRecord) -> _Prepared:
+        """Everything a datum needs before it can be shown (blocking: runs in a thread)."""
+        env = datum_env(record.datum, self._shared_env, self.output.job_id, self.mountpoint)
+        datum_keys = frozenset(k for k, _ in env if k not in self._shared_keys)
+        view = build_view(record.datum, self.repos, env_file(env, datum_keys), self.fs.inodes)
+        out = OutTree(self.output.new_staging(), self.fs.inodes)
+        return _Prepared(record, view, out, env)
+
+    def start_prefetching(self, nursery: trio.Nursery) -> None:
+        """Prepare each next datum in the background while the current one runs."""
+        self._nursery = nursery
+
+    def prefetch_next(self) -> None:
+        record = self.queue.peek()
+        if self._nursery is None or record is None or self._prefetch is not None:
+            return
+        slot = _Prefetch(record)
+        self._prefetch = slot
+
+        async def run() -> None:
+            try:
+                slot.prepared = await trio.to_thread.run_sync(self.prepare, slot.record)
+            except OSError as exc:
+                log.debug("preparing datum %s ahead failed: %s", slot.record.datum.id[:12], exc)
+            finally:
+                slot.done.set()
+
+        self._nursery.start_soon(run)
+
+    async def take_prepared(self, record: DatumRecord) -> _Prepared:
+        slot, self._prefetch = self._prefetch, None
+        if slot is not None:
+            await slot.done.wait()
+            if slot.prepared is not None and slot.record is record:
+                return slot.prepared
+            if slot.prepared is not None:
+                # A retry jumped the queue: the datum prepared ahead is not the next one.
+                await trio.to_thread.run_sync(self.output.discard, slot.prepared.out.staging)
+        return await trio.to_thread.run_sync(self.prepare, record)
+
+    # ----- endings ------------------------------------------------------------------------
+
+    async def finish(self, record: DatumRecord, state: DatumState, error: str) -> None:
+        """Record a final FAILED or RECOVERED: the datum keeps no output."""
+        error = message(error)
+        self.queue.set_state(record, state)
+        record.error = error
+        if state is DatumState.FAILED:
+            log.warning("datum %s failed after %d attempt%s: %s", record.datum.id[:12],
+                        record.attempts, "" if record.attempts == 1 else "s", error)
+        else:
+            log.warning("datum %s recovered by err_cmd after: %s", record.datum.id[:12], error)
+        try:
+            await trio.to_thread.run_sync(lambda: self.output.stage_failure(
+                record.datum.id, state.value, attempts=record.attempts, seconds=record.seconds,
+                error=error))
+        except (OSError, LedgerError) as exc:
+            # Nothing of the datum reached the output repo, so the two still agree.
+            log.error("could not record datum %s as %s: %s", record.datum.id[:12],
+                      state.value, exc)
+        self.progress()
+
+    async def flush(self) -> None:
+        """Group-commit the datums that ended since the last flush."""
+        if not self.output.pending:
+            return
+        for datum_id, error in await trio.to_thread.run_sync(self.output.flush):
+            record = self.queue.record(datum_id)
+            self.queue.set_state(record, DatumState.FAILED)
+            record.error = error
+            record.output_files = 0
+            log.warning("datum %s failed: %s", datum_id[:12], error)
+            self.progress()
+
+
+class Worker:
+    """One worker slot: takes a datum from the job's queue, runs attempts, gives it back.
+
+    Per-worker state lives here, never in the job: the current attempt (view, staging, env),
+    its deadline, the NextDatum calls of this worker's user process, and the pause that keeps
+    a dying process's late call from moving this worker.
+    """
+
+    def __init__(self, index: int, job: DatumLoop) -> None:
+        self.index = index
+        self._job = job
+        self._lock = trio.Lock()  # this worker's NextDatum calls, one at a time
+        self._current: _Current | None = None
+        self._paused = False
+        self._generation = 0
+        self.process_calls = 0  # NextDatum calls made by the current user process
+        self.last_caller_own = False  # was the final call made by a pfsmount client?
+        self.deadline: float | None = None  # trio clock time the current attempt times out
+        self.changed = trio.Event()  # set (and replaced) whenever the current attempt changes
 
     @property
     def current(self) -> DatumRecord | None:
         return self._current.record if self._current else None
 
+    @property
+    def idle(self) -> bool:
+        return self._current is None
+
+    def current_attempt(self) -> tuple[DatumRecord, int] | None:
+        cur = self._current
+        return (cur.record, cur.record.attempts) if cur else None
+
     # ----- the protocol (datum batching) ----------------------------------------------
 
     async def next_datum(self, error: str, own_client: bool) -> Reply:
         """A NextDatum call: close the current attempt (failed if `error`), present the next."""
-        if not self._batching:
+        if not self._job.batching:
             raise WorkerRefused("datum batching not enabled")
         generation = self._generation
         if self._paused:
             raise WorkerGone("this user process is being stopped")
         async with self._lock:
-            if self._closed:
+            if self._job.closed:
                 raise WorkerGone("the job is over: pfsmount is shutting down")
             if generation != self._generation:
                 raise WorkerGone("this user process is being stopped")
@@ -247,7 +351,7 @@ class DatumLoop:
     async def advance(self, error: str) -> Reply:
         """Close the current attempt (failed if `error`) and present the next: classic mode."""
         async with self._lock:
-            if self._closed:
+            if self._job.closed:
                 raise WorkerGone("the job is over")
             if self._current is not None:
                 await self._close_attempt(error)
@@ -257,13 +361,11 @@ class DatumLoop:
         """Stop serving the current process; False if `attempt` is no longer current.
 
         Calls made by the process from now on, or already waiting, are refused, so a process
-        being stopped cannot move the loop. `attempt` guards a timeout against a datum that
+        being stopped cannot move the worker. `attempt` guards a timeout against a datum that
         finished in the meantime.
         """
         async with self._lock:
-            cur = self._current
-            if attempt is not None and (cur is None or (cur.record, cur.record.attempts)
-                                        != attempt):
+            if attempt is not None and self.current_attempt() != attempt:
                 return False
             self._paused = True
             self._generation += 1
@@ -275,102 +377,54 @@ class DatumLoop:
             if self._current is not None:
                 await self._close_attempt(reason)
             self._show_nothing()
-            if not self._pending:
-                self.finished.set()  # that was the last datum: no successor is needed
+            self._job.check_finished()  # that was the last datum: no successor is needed
 
     def resume(self) -> None:
         """A fresh user process is starting; its first call only says it is ready."""
         self._paused = False
         self.process_calls = 0
 
-    async def abort(self, reason: str) -> None:
-        """End the loop early: the attempt in progress is dropped (a resume runs it again)."""
+    async def drop(self, reason: str) -> None:
+        """The job stops early: the attempt in progress goes back to PENDING, unrecorded."""
         async with self._lock:
-            self._closed = True
             cur = self._current
             if cur is not None:
                 self._current = None
                 cur.out.closed = True
-                self._set_state(cur.record, DatumState.PENDING)
+                self._job.queue.set_state(cur.record, DatumState.PENDING)
                 cur.record.error = reason
-                await trio.to_thread.run_sync(self._output.discard, cur.out.staging)
+                await trio.to_thread.run_sync(self._job.output.discard, cur.out.staging)
             self._show_nothing()
-
-    def close(self) -> None:
-        """Refuse every further call (the job is ending)."""
-        self._closed = True
-
-    def current_attempt(self) -> tuple[DatumRecord, int] | None:
-        cur = self._current
-        return (cur.record, cur.record.attempts) if cur else None
 
     # ----- internals ------------------------------------------------------------------
 
     async def _advance(self) -> Reply:
-        if not self._pending:
+        record = self._job.queue.take()
+        if record is None:
             self._show_nothing()
-            self.finished.set()
+            self._job.check_finished()
             return Reply(env=(), done=True)
-        record = self._pending.popleft()
         env = await self._present(record)
         return Reply(env=tuple(f"{k}={v}" for k, v in env), datum_id=record.datum.id)
-
-    def _prepare(self, record: DatumRecord) -> _Prepared:
-        """Everything a datum needs before it can be shown (blocking: runs in a thread)."""
-        env = datum_env(record.datum, self._shared_env, self._output.job_id, self._mountpoint)
-        datum_keys = frozenset(k for k, _ in env if k not in self._shared_keys)
-        view = build_view(record.datum, self._repos, env_file(env, datum_keys), self._fs.inodes)
-        out = OutTree(self._output.new_staging(), self._fs.inodes)
-        return _Prepared(record, view, out, env)
-
-    def start_prefetching(self, nursery: trio.Nursery) -> None:
-        """Prepare each next datum in the background while the current one runs."""
-        self._nursery = nursery
-
-    def _prefetch_next(self) -> None:
-        if self._nursery is None or not self._pending:
-            return
-        slot = _Prefetch(self._pending[0])
-        self._prefetch = slot
-
-        async def run() -> None:
-            try:
-                slot.prepared = await trio.to_thread.run_sync(self._prepare, slot.record)
-            except OSError as exc:
-                log.debug("preparing datum %s ahead failed: %s", slot.record.datum.id[:12], exc)
-            finally:
-                slot.done.set()
-
-        self._nursery.start_soon(run)
-
-    async def _take_prepared(self, record: DatumRecord) -> _Prepared:
-        slot, self._prefetch = self._prefetch, None
-        if slot is not None:
-            await slot.done.wait()
-            if slot.prepared is not None and slot.record is record:
-                return slot.prepared
-            if slot.prepared is not None:
-                # A retry jumped the queue: the datum prepared ahead is not the next one.
-                await trio.to_thread.run_sync(self._output.discard, slot.prepared.out.staging)
-        return await trio.to_thread.run_sync(self._prepare, record)
 
     async def _present(self, record: DatumRecord) -> list[tuple[str, str]]:
         # Building a large view must not stall the file system: it runs in a thread (ahead
         # of time when prefetching), and only the swap itself happens on the trio thread.
-        prepared = await self._take_prepared(record)
-        self._set_state(record, DatumState.RUNNING)
+        job = self._job
+        prepared = await job.take_prepared(record)
+        job.queue.set_state(record, DatumState.RUNNING)
         record.attempts += 1
         record.started = time.monotonic()
         self._current = _Current(record, prepared.view, prepared.out, prepared.env)
-        self._fs.show(prepared.view, prepared.out)
-        self.deadline = (trio.current_time() + self._datum_timeout
-                         if self._datum_timeout else None)
+        job.fs.show(prepared.view, prepared.out)
+        self.deadline = (trio.current_time() + job.datum_timeout
+                         if job.datum_timeout else None)
         self._signal_change()
-        self._prefetch_next()
+        job.prefetch_next()
         return prepared.env
 
     def _show_nothing(self) -> None:
-        self._fs.show(empty_view(self._fs.inodes), None)
+        self._job.fs.show(empty_view(self._job.fs.inodes), None)
         self.deadline = None
         self._signal_change()
 
@@ -381,6 +435,7 @@ class DatumLoop:
     async def _close_attempt(self, error: str) -> None:
         cur = self._current
         assert cur is not None
+        job = self._job
         cur.out.closed = True
         record = cur.record
         record.seconds += time.monotonic() - record.started
@@ -390,16 +445,16 @@ class DatumLoop:
             except OutputConflict as exc:
                 # Deterministic: another try would write the same path again.
                 self._current = None
-                await trio.to_thread.run_sync(self._output.discard, cur.out.staging)
-                await self._finish(record, DatumState.FAILED, str(exc))
+                await trio.to_thread.run_sync(job.output.discard, cur.out.staging)
+                await job.finish(record, DatumState.FAILED, str(exc))
                 return
             except (OSError, LedgerError) as exc:
                 error = f"could not commit its output: {exc}"
             else:
                 self._current = None
-                self._set_state(record, DatumState.SUCCESS)
+                job.queue.set_state(record, DatumState.SUCCESS)
                 record.error = ""
-                self._on_progress(self)
+                job.progress()
                 return
         await self._failed_attempt(cur, error)
 
@@ -407,13 +462,14 @@ class DatumLoop:
         # A few files in one directory (the usual datum) are staged right here: a thread
         # hop would cost more than the work. Anything bigger, or with symlinks that may
         # point into an input (`outlinks`), is handled in a thread.
+        job = self._job
         staging = cur.out.staging
-        stage = functools.partial(self._output.stage_success, record.datum.id, staging,
+        stage = functools.partial(job.output.stage_success, record.datum.id, staging,
                                   attempts=record.attempts, seconds=record.seconds)
         listing = small_listing(staging)
         if listing is not None:
             return stage(listing=listing)
-        files = DatumFiles(cur.view, self._repos, self._mountpoint)
+        files = DatumFiles(cur.view, job.repos, job.mountpoint)
 
         def links_then_stage() -> int:
             materialize(staging, files)
@@ -422,70 +478,38 @@ class DatumLoop:
         return await trio.to_thread.run_sync(links_then_stage)
 
     async def _failed_attempt(self, cur: _Current, error: str) -> None:
+        job = self._job
         record = cur.record
         # An error may quote a name that is not UTF-8; the ledger and logs store text.
         error = message(error)
         record.error = error
         recovered = False
-        if self._err_cmd is not None:
-            # The failed datum is still what /pfs shows while err_cmd runs.
-            code = await self._err_cmd(record, {**self._process_env, **dict(cur.env)})
+        if job.err_cmd is not None:
+            # The failed datum is still what this worker's /pfs shows while err_cmd runs.
+            code = await job.err_cmd(record, {**job.process_env, **dict(cur.env)})
             recovered = code == 0
         self._current = None
-        await trio.to_thread.run_sync(self._output.discard, cur.out.staging)
+        await trio.to_thread.run_sync(job.output.discard, cur.out.staging)
         if recovered:
-            await self._finish(record, DatumState.RECOVERED, error)
-        elif record.attempts < self._tries:
-            self._set_state(record, DatumState.PENDING)
-            self._pending.appendleft(record)  # Pachyderm retries a datum right away
+            await job.finish(record, DatumState.RECOVERED, error)
+        elif record.attempts < job.tries:
+            job.queue.retry(record)  # Pachyderm retries a datum right away
             log.warning("datum %s attempt %d of %d failed: %s; trying again",
-                        record.datum.id[:12], record.attempts, self._tries, error)
+                        record.datum.id[:12], record.attempts, job.tries, error)
         else:
-            await self._finish(record, DatumState.FAILED, error)
-
-    async def _finish(self, record: DatumRecord, state: DatumState, error: str) -> None:
-        """Record a final FAILED or RECOVERED: the datum keeps no output."""
-        error = message(error)
-        self._set_state(record, state)
-        record.error = error
-        if state is DatumState.FAILED:
-            log.warning("datum %s failed after %d attempt%s: %s", record.datum.id[:12],
-                        record.attempts, "" if record.attempts == 1 else "s", error)
-        else:
-            log.warning("datum %s recovered by err_cmd after: %s", record.datum.id[:12], error)
-        try:
-            await trio.to_thread.run_sync(lambda: self._output.stage_failure(
-                record.datum.id, state.value, attempts=record.attempts, seconds=record.seconds,
-                error=error))
-        except (OSError, LedgerError) as exc:
-            # Nothing of the datum reached the output repo, so the two still agree.
-            log.error("could not record datum %s as %s: %s", record.datum.id[:12],
-                      state.value, exc)
-        self._on_progress(self)
-
-    async def flush(self) -> None:
-        """Group-commit the datums that ended since the last flush."""
-        if not self._output.pending:
-            return
-        for datum_id, error in await trio.to_thread.run_sync(self._output.flush):
-            record = next(r for r in self.records if r.datum.id == datum_id)
-            self._set_state(record, DatumState.FAILED)
-            record.error = error
-            record.output_files = 0
-            log.warning("datum %s failed: %s", datum_id[:12], error)
-            self._on_progress(self)
+            await job.finish(record, DatumState.FAILED, error)
 
 
 class Bridge:
-    """Runs NextDatum calls from gRPC threads on the trio thread."""
+    """Runs one worker's NextDatum calls from gRPC threads on the trio thread."""
 
-    def __init__(self, loop: DatumLoop, token: trio.lowlevel.TrioToken) -> None:
-        self._loop = loop
+    def __init__(self, worker: Worker, token: trio.lowlevel.TrioToken) -> None:
+        self._worker = worker
         self._token = token
 
     def __call__(self, error: str, own_client: bool) -> Reply:
         try:
-            return trio.from_thread.run(self._loop.next_datum, error, own_client,
+            return trio.from_thread.run(self._worker.next_datum, error, own_client,
                                         trio_token=self._token)
         except (trio.RunFinishedError, trio.Cancelled) as exc:
             raise WorkerGone("pfsmount is shutting down") from exc

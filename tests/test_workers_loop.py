@@ -1,0 +1,217 @@
+"""The datum queue, a worker's attempts and the workspace, without a kernel mount.
+
+A fake file system records what each swap showed; the output repo, the ledger and the
+staging directories are real files. Handlers are awaited directly (pytest-trio).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import pytest
+import trio
+
+from pfsmount.datums import expand, open_repos
+from pfsmount.ledger import Ledger
+from pfsmount.outdir import OutTree
+from pfsmount.output import OutputRepo
+from pfsmount.queue import DatumQueue, DatumState
+from pfsmount.reply import WorkerGone
+from pfsmount.spec import parse_spec
+from pfsmount.view import InodeAllocator, View
+from pfsmount.worker import DatumLoop, DatumRecord
+from pfsmount.workspace import Workspace, WorkspaceBusy
+
+SPEC = """
+pipeline: {name: p}
+input: {pfs: {repo: r, glob: "/*"}}
+transform: {cmd: ["true"], datum_batching: true}
+"""
+
+
+class FakeFs:
+    """Stands in for PfsOperations: records every swap as (view, out)."""
+
+    def __init__(self) -> None:
+        self.inodes = InodeAllocator()
+        self.shown: list[tuple[View, OutTree | None]] = []
+
+    def show(self, view: View, out: OutTree | None) -> None:
+        self.shown.append((view, out))
+
+    @property
+    def out(self) -> OutTree | None:
+        return self.shown[-1][1]
+
+
+def _loop(tmp_path: Path, names: list[str], **kwargs: object) -> tuple[DatumLoop, FakeFs]:
+    data = tmp_path / "data"
+    for name in names:
+        (data / "r" / name).mkdir(parents=True)
+        (data / "r" / name / "f").write_text(name)
+    spec = parse_spec(SPEC)
+    repos = open_repos(spec.input, str(data))
+    datums = expand(spec.input, repos)
+    ws = Workspace.of(str(data), "p")
+    ws.create()
+    output = OutputRepo(str(data), "p", Ledger(ws.ledger_path))
+    output.clear_staging()
+    output.job_id = "job1"
+    output.register_later([(d.id, "", "[]", "pending") for d in datums])
+    output.load_index()
+    fs = FakeFs()
+    loop = DatumLoop(datums, repos, fs, output, "/pfs", **kwargs)  # type: ignore[arg-type]
+    loop.configure({}, None)
+    return loop, fs
+
+
+def _env(reply_env: tuple[str, ...]) -> dict[str, str]:
+    return dict(item.split("=", 1) for item in reply_env)
+
+
+async def test_a_worker_takes_every_datum_in_order_then_is_told_done(tmp_path: Path) -> None:
+    loop, fs = _loop(tmp_path, ["a", "b", "c"])
+    worker = loop.workers[0]
+    seen = []
+    reply = await worker.next_datum("", own_client=True)
+    while not reply.done:
+        seen.append(_env(reply.env)["r"])
+        assert fs.out is not None
+        Path(fs.out.staging, _env(reply.env)["r"].rsplit("/", 1)[1]).write_text("out")
+        reply = await worker.next_datum("", own_client=True)
+    assert seen == ["/pfs/r/a", "/pfs/r/b", "/pfs/r/c"]
+    assert loop.finished.is_set() and worker.idle and fs.out is None
+    assert loop.count(DatumState.SUCCESS) == 3
+    await loop.flush()
+    assert sorted(os.listdir(loop.output.repo_dir)) == ["a", "b", "c"]
+
+
+async def test_a_failed_attempt_is_retried_first_then_fails_after_its_tries(
+        tmp_path: Path) -> None:
+    loop, _ = _loop(tmp_path, ["a", "b"], tries=2)
+    worker = loop.workers[0]
+    first = await worker.next_datum("", own_client=True)
+    again = await worker.next_datum("boom", own_client=True)
+    assert again.datum_id == first.datum_id  # put back at the head of the queue
+    record = loop.queue.record(first.datum_id)
+    assert record.attempts == 2 and record.state is DatumState.RUNNING
+    other = await worker.next_datum("boom again", own_client=True)
+    assert other.datum_id != first.datum_id
+    assert record.state is DatumState.FAILED and record.error == "boom again"
+    assert (await worker.next_datum("", own_client=True)).done
+    assert loop.count(DatumState.FAILED) == 1 and loop.count(DatumState.SUCCESS) == 1
+
+
+async def test_err_cmd_runs_while_the_failed_datum_is_still_shown(tmp_path: Path) -> None:
+    loop, fs = _loop(tmp_path, ["a", "b"], tries=1)
+    worker = loop.workers[0]
+    during: list[tuple[str, str]] = []
+
+    async def err_cmd(record: DatumRecord, env: Mapping[str, str]) -> int:
+        assert fs.out is not None
+        during.append((record.datum.id, env["PACH_DATUM_ID"]))
+        shown_view = fs.shown[-1][0]
+        assert shown_view is worker._current.view  # type: ignore[union-attr]
+        return 0
+
+    loop.configure({"X": "1"}, err_cmd)
+    first = await worker.next_datum("", own_client=True)
+    await worker.next_datum("broken", own_client=True)
+    assert during == [(first.datum_id, first.datum_id)]
+    assert loop.queue.record(first.datum_id).state is DatumState.RECOVERED
+
+
+async def test_a_paused_worker_refuses_calls_until_its_next_process(tmp_path: Path) -> None:
+    loop, _ = _loop(tmp_path, ["a", "b"])
+    worker = loop.workers[0]
+    first = await worker.next_datum("", own_client=False)
+    attempt = worker.current_attempt()
+    assert await worker.pause(attempt)
+    with pytest.raises(WorkerGone):
+        await worker.next_datum("", own_client=False)  # a late call of the dying process
+    await worker.process_died("user code was killed")
+    record = loop.queue.record(first.datum_id)
+    assert record.state is DatumState.PENDING and record.error == "user code was killed"
+    worker.resume()
+    assert worker.process_calls == 0
+    retried = await worker.next_datum("", own_client=False)
+    assert retried.datum_id == first.datum_id and record.attempts == 2
+
+
+async def test_a_timeout_for_an_attempt_that_ended_does_not_pause(tmp_path: Path) -> None:
+    loop, _ = _loop(tmp_path, ["a", "b"])
+    worker = loop.workers[0]
+    await worker.next_datum("", own_client=False)
+    stale = worker.current_attempt()
+    await worker.next_datum("", own_client=False)
+    assert not await worker.pause(stale)
+    await worker.next_datum("", own_client=False)  # not paused: still served
+
+
+async def test_abort_drops_the_attempt_and_its_staging(tmp_path: Path) -> None:
+    loop, fs = _loop(tmp_path, ["a"])
+    worker = loop.workers[0]
+    reply = await worker.next_datum("", own_client=True)
+    assert fs.out is not None
+    staging = fs.out.staging
+    assert os.path.isdir(staging)
+    await loop.abort("stopped")
+    assert not os.path.exists(staging) and worker.idle
+    assert loop.queue.record(reply.datum_id).state is DatumState.PENDING
+    with pytest.raises(WorkerGone):
+        await worker.next_datum("", own_client=True)
+
+
+async def test_prefetched_datum_is_the_one_presented(tmp_path: Path) -> None:
+    loop, _ = _loop(tmp_path, ["a", "b", "c"])
+    worker = loop.workers[0]
+    async with trio.open_nursery() as nursery:
+        loop.start_prefetching(nursery)
+        await worker.next_datum("", own_client=True)
+        await trio.sleep(0.2)  # b is prepared ahead meanwhile
+        second = await worker.next_datum("fail", own_client=True)  # a retry jumps the queue
+        third = await worker.next_datum("", own_client=True)
+    assert _env(second.env)["r"] == "/pfs/r/a" and _env(third.env)["r"] == "/pfs/r/b"
+    await loop.flush()  # a's output leaves its staging
+    leftovers = os.listdir(loop.output.workspace.staging_dir(0))
+    assert len(leftovers) <= 2  # the current attempt and at most one prepared ahead
+
+
+def test_queue_hands_a_retry_out_before_anything_else(tmp_path: Path) -> None:
+    loop, _ = _loop(tmp_path, ["a", "b"])
+    queue = DatumQueue([r.datum for r in loop.records])
+    a = queue.take()
+    assert a is not None and queue.peek() is not None
+    queue.set_state(a, DatumState.RUNNING)
+    queue.retry(a)
+    assert queue.count(DatumState.PENDING) == 2 and queue.take() is a
+    b = queue.take()
+    assert b is not None and queue.take() is None and queue.empty
+    queue.set_state(b, DatumState.SUCCESS)
+    assert queue.closed_count == 1
+
+
+def test_staging_is_keyed_by_worker(tmp_path: Path) -> None:
+    loop, _ = _loop(tmp_path, ["a"])
+    ws = loop.output.workspace
+    zero, one = loop.output.new_staging(0), loop.output.new_staging(1)
+    assert os.path.dirname(zero) == ws.staging_dir(0)
+    assert os.path.dirname(one) == ws.staging_dir(1)
+    assert zero != one and oct(os.stat(ws.staging_dir(1)).st_mode & 0o777) == "0o700"
+
+
+def test_workspace_names_everything_and_locks_once(tmp_path: Path) -> None:
+    ws = Workspace.of(str(tmp_path), "@proj/p")
+    assert ws.root == str(tmp_path / ".pfsmount" / "@proj" / "p")
+    assert ws.repo_dir == str(tmp_path / "@proj" / "p")
+    assert ws.log_path("j") == os.path.join(ws.logs_dir, "j.jsonl")
+    assert ws.run.root == os.path.join(ws.root, "run")
+    fd = ws.lock()
+    try:
+        with pytest.raises(WorkspaceBusy, match=f"pid {os.getpid()}"):
+            Workspace.of(str(tmp_path), "@proj/p").lock()
+    finally:
+        os.close(fd)
+    os.close(ws.lock())  # free again once the holder let go
