@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -234,11 +235,13 @@ def test_kubernetes_fields_collected_into_one_warning() -> None:
         assert path in warning  # fmt: skip
 
 
-def test_parallelism_above_one_warns() -> None:
+def test_parallelism_constant_and_coefficient() -> None:
     spec = spec_from(base(parallelism_spec={"constant": 4}))
-    assert spec.parallelism == 4
-    assert any("parallelism_spec.constant" in w and "one at a time" in w for w in spec.warnings)
+    assert spec.parallelism == 4 and spec.warnings == ()
     assert spec_from(base(parallelism_spec={"constant": 0})).parallelism == 1
+    cores = os.cpu_count() or 1
+    assert spec_from(base(parallelism_spec={"coefficient": 2})).parallelism == 2 * cores
+    assert spec_from(base(parallelism_spec={"coefficient": 0.01})).parallelism == 1
 
 
 def test_join_on_outside_join_warns() -> None:

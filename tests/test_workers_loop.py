@@ -18,7 +18,7 @@ from pfsmount.ledger import Ledger
 from pfsmount.outdir import OutTree
 from pfsmount.output import OutputRepo
 from pfsmount.queue import DatumQueue, DatumState
-from pfsmount.reply import WorkerGone
+from pfsmount.reply import Reply, WorkerGone
 from pfsmount.spec import parse_spec
 from pfsmount.view import InodeAllocator, View
 from pfsmount.worker import DatumLoop, DatumRecord
@@ -37,9 +37,11 @@ class FakeFs:
     def __init__(self) -> None:
         self.inodes = InodeAllocator()
         self.shown: list[tuple[View, OutTree | None]] = []
+        self.by_worker: dict[int, tuple[View, OutTree | None]] = {}
 
-    def show(self, view: View, out: OutTree | None) -> None:
+    def show(self, view: View, out: OutTree | None, worker: int = 0) -> None:
         self.shown.append((view, out))
+        self.by_worker[worker] = (view, out)
 
     @property
     def out(self) -> OutTree | None:
@@ -109,7 +111,8 @@ async def test_err_cmd_runs_while_the_failed_datum_is_still_shown(tmp_path: Path
     worker = loop.workers[0]
     during: list[tuple[str, str]] = []
 
-    async def err_cmd(record: DatumRecord, env: Mapping[str, str]) -> int:
+    async def err_cmd(record: DatumRecord, env: Mapping[str, str], on: int) -> int:
+        assert on == 0
         assert fs.out is not None
         during.append((record.datum.id, env["PACH_DATUM_ID"]))
         shown_view = fs.shown[-1][0]
@@ -215,3 +218,48 @@ def test_workspace_names_everything_and_locks_once(tmp_path: Path) -> None:
     finally:
         os.close(fd)
     os.close(ws.lock())  # free again once the holder let go
+
+
+async def test_workers_share_one_queue_and_a_retry_goes_to_any_worker(tmp_path: Path) -> None:
+    loop, fs = _loop(tmp_path, ["a", "b"], tries=2, workers=2)
+    w0, w1 = loop.workers
+    first = await w0.next_datum("", own_client=True)
+    second = await w1.next_datum("", own_client=True)
+    assert {first.datum_id, second.datum_id} == {r.datum.id for r in loop.records}
+    assert fs.by_worker[0][1] is not fs.by_worker[1][1]  # each worker its own /pfs/out
+    replies: list[Reply] = []
+    async with trio.open_nursery() as nursery:
+        async def w1_asks() -> None:
+            replies.append(await w1.next_datum("", own_client=True))
+
+        nursery.start_soon(w1_asks)
+        await trio.sleep(0.1)
+        # b is done and nothing waits, but w0's datum may still come back: w1 waits.
+        assert replies == [] and not loop.finished.is_set()
+        await w0.pause()
+        await w0.process_died("user code was killed")  # a comes back to the queue...
+    assert replies[0].datum_id == first.datum_id  # ...and the waiting worker takes it
+    assert loop.queue.record(first.datum_id).attempts == 2 and w0.idle
+    done = await w1.next_datum("", own_client=True)
+    assert done.done and loop.finished.is_set()
+    assert loop.count(DatumState.SUCCESS) == 2
+
+
+async def test_a_paused_worker_stops_waiting_for_work(tmp_path: Path) -> None:
+    loop, _ = _loop(tmp_path, ["a"], workers=2)
+    w0, w1 = loop.workers
+    await w0.next_datum("", own_client=True)
+    refused: list[BaseException] = []
+    async with trio.open_nursery() as nursery:
+        async def w1_waits() -> None:
+            try:
+                await w1.next_datum("", own_client=True)
+            except WorkerGone as exc:
+                refused.append(exc)
+
+        nursery.start_soon(w1_waits)
+        await trio.sleep(0.05)
+        await w1.pause()  # its process died while its call waited
+    assert refused and w1.idle
+    await w1.process_died("gone")
+    assert not loop.finished.is_set()  # w0 still holds a

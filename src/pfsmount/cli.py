@@ -67,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="gRPC port for NextDatum on 127.0.0.1 (default: a free one)")
     run.add_argument("--shared-tmp", action="store_true",
                      help="let user code use this machine's /tmp instead of a private one")
+    run.add_argument("--parallelism", type=_workers, default=None, metavar="N",
+                     help="run N workers side by side (overrides parallelism_spec)")
     run.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
     ls = sub.add_parser("list-datums", help="print the datums a pipeline would process")
@@ -133,6 +135,12 @@ def _seconds(text: str) -> float:
     if not 0 < value <= 86400:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds (0 < s <= 86400)")
     return value
+
+
+def _workers(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of workers: use 1 or more")
+    return int(text)
 
 
 def _data_arg(p: argparse.ArgumentParser) -> None:
@@ -391,7 +399,7 @@ def run_pipeline(doc: SpecDocument, data_dir: str, args: argparse.Namespace,
         return EXIT_USAGE
     opts = RunOptions(data_dir=state_dir, workdir=workdir,
                       mountpoint=os.path.abspath(args.mountpoint), port=args.port,
-                      shared_tmp=args.shared_tmp)
+                      shared_tmp=args.shared_tmp, parallelism=args.parallelism)
     console.info(f"{len(datums)} datums; mounting {opts.mountpoint}; running "
                  f"{' '.join(spec.transform.cmd)}")
     try:
@@ -458,6 +466,10 @@ def _summarize(report, console: Console, spec_path: str) -> int:
         + (f", user code restarted {plural(report.restarts, 'time')}" if report.restarts else "")
         + f", in {report.seconds:.1f}s ({rate:.1f} datums/s)"
     )
+    if len(report.workers) > 1:
+        busy = ", ".join(f"{attempts} attempts, {100 * held / max(report.seconds, 1e-9):.0f}%"
+                         f" busy" for attempts, held in report.workers)
+        console.info(f"{len(report.workers)} workers ran: {busy}")
     console.info(f"read {_fmt_bytes(report.input_bytes)} from "
                  f"{plural(report.input_files, 'input file')}")
     if report.outcome == "killed":

@@ -42,6 +42,7 @@ class Console:
         self.tty = self.err.isatty() if tty is None else tty
         self._bar = ""
         self._total = 0
+        self._workers = 1
         self._start = 0.0
         self._last_plain = 0.0
         self._last_draw = 0.0
@@ -75,13 +76,15 @@ class Console:
 
     # ----- progress -------------------------------------------------------------------
 
-    def start_progress(self, total: int) -> None:
+    def start_progress(self, total: int, workers: int = 1) -> None:
         self._total = total
+        self._workers = workers
         self._start = time.monotonic()
         self._last_plain = self._start
         self.progress(0, 0)
 
-    def progress(self, done: int, failed: int) -> None:
+    def progress(self, done: int, failed: int, busy: int = 0) -> None:
+        """`done` of the total ended, `failed` of them failed; `busy` workers hold a datum."""
         elapsed = time.monotonic() - self._start
         rate = done / elapsed if elapsed > 0 else 0.0
         eta = (self._total - done) / rate if rate > 0 else None
@@ -90,6 +93,7 @@ class Console:
             + (f", {failed} failed" if failed else "")
             + f"  {rate:.1f}/s"
             + (f"  ETA {_fmt_duration(eta)}" if eta is not None and done < self._total else "")
+            + (f"  {busy}/{self._workers} workers busy" if self._workers > 1 else "")
         )
         if self.tty:
             now = time.monotonic()

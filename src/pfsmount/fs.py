@@ -7,6 +7,10 @@ below the root belongs to an immutable view with inode numbers of its own, so it
 for long. A path resolution therefore meets exactly one datum: the root hands out one
 view's inode, and every further step stays inside that view, even if a swap happens in
 between. Views stay alive until the kernel forgets their inodes and closes their handles.
+
+With N workers one session serves N such roots, one per worker (`/<w>` below the mount's
+own root, which never changes): each is bind-mounted on /pfs in its worker's mount namespace
+and follows the same rules as the single root (`_Slot`).
 """
 
 from __future__ import annotations
@@ -76,6 +80,7 @@ class Handle:
     view: View | None = None
     out: OutTree | None = None
     listing: list[tuple[bytes, int]] | None = None  # directory snapshot: (name, inode)
+    workers: bool = False  # a listing of the worker roots (the mount's root, N > 1)
 
 
 @dataclass
@@ -98,37 +103,55 @@ class _Live:
     outs: list[OutTree] = field(default_factory=list)
 
 
+@dataclass
+class _Slot:
+    """One worker's /pfs root: the datum it shows. With one worker, the mount's root."""
+
+    inode: int
+    view: View
+    out: OutTree | None = None
+    mtime_ns: int = field(default_factory=time.time_ns)
+
+
 class PfsOperations(pyfuse3.Operations):
-    """Serves /pfs. Only `show` changes what the root presents."""
+    """Serves /pfs. Only `show` changes what a worker's root presents.
+
+    With `workers` > 1 the mount's root holds one directory per worker, `0` .. `N-1`, each a
+    root as the single worker's /pfs is (bind-mounted on /pfs in that worker's namespace).
+    """
 
     enable_writeback_cache = False
 
-    def __init__(self) -> None:
+    def __init__(self, workers: int = 1) -> None:
         super().__init__()
         self.inodes = InodeAllocator()
         self.stats = Stats()
         self._live = _Live()
-        self._current = empty_view(self.inodes)
-        self._out: OutTree | None = None
-        self._root_mtime = time.time_ns()
+        first = ROOT if workers == 1 else self.inodes.take(workers)
+        self._workers = [_Slot(first + w, empty_view(self.inodes)) for w in range(workers)]
+        self._slots = {slot.inode: slot for slot in self._workers}
+        self._names = {str(w).encode(): slot for w, slot in enumerate(self._workers)}
+        self._top_mtime = time.time_ns()
         self._handles: dict[int, Handle] = {}
         self._next_fh = 1
         self._uid = os.getuid()
         self._gid = os.getgid()
         self.notifier: KernelNotifier | None = None  # set once pyfuse3.init() has mounted us
-        self._add_view(self._current)
+        for slot in self._workers:
+            self._add_view(slot.view)
 
     # ----- swapping -------------------------------------------------------------------
 
-    def show(self, view: View, out: OutTree | None) -> None:
-        """Make /pfs present `view` and `out` from the next request on."""
-        old = self._current
-        stale = list(old.top) + ([OUT] if self._out is not None else [])
+    def show(self, view: View, out: OutTree | None, worker: int = 0) -> None:
+        """Make worker `worker`'s /pfs present `view` and `out` from the next request on."""
+        slot = self._workers[worker]
+        old = slot.view
+        stale = list(old.top) + ([OUT] if slot.out is not None else [])
         self._add_view(view)
         if out is not None:
             self._live.outs.append(out)
-        self._current, self._out = view, out
-        self._root_mtime = time.time_ns()
+        slot.view, slot.out = view, out
+        slot.mtime_ns = time.time_ns()
         old.retired = True
         self._reap_view(old)
         self._reap_outs()
@@ -138,8 +161,12 @@ class PfsOperations(pyfuse3.Operations):
             # one, then the real one). The root's attributes are cached and its mtime
             # changes here; until the drop lands, a stat may show the old mtime, no more.
             for name in stale:
-                self.notifier.drop_name(ROOT, name)
-            self.notifier.drop_attributes(ROOT)
+                self.notifier.drop_name(slot.inode, name)
+            self.notifier.drop_attributes(slot.inode)
+
+    @property
+    def workers(self) -> int:
+        return len(self._workers)
 
     @property
     def live_views(self) -> int:
@@ -160,7 +187,8 @@ class PfsOperations(pyfuse3.Operations):
     def _reap_outs(self) -> None:
         self._live.outs = [
             t for t in self._live.outs
-            if t is self._out or t.lookup_count() > 0 or self._has_handles(t)
+            if any(t is s.out for s in self._workers) or t.lookup_count() > 0
+            or self._has_handles(t)
         ]
 
     def _has_handles(self, tree: OutTree) -> bool:
@@ -193,22 +221,34 @@ class PfsOperations(pyfuse3.Operations):
 
     # ----- attributes -----------------------------------------------------------------
 
-    def _root_attr(self) -> pyfuse3.EntryAttributes:
+    def _top_attr(self) -> pyfuse3.EntryAttributes:
+        """The mount's own root when it holds one root per worker: it never changes."""
         a = pyfuse3.EntryAttributes()
         a.st_ino = ROOT
-        a.st_mode = DIR_MODE | 0o200 if self._out else DIR_MODE
+        a.st_mode = DIR_MODE
+        a.st_nlink = 1
+        a.st_uid, a.st_gid = self._uid, self._gid
+        a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = self._top_mtime
+        a.attr_timeout = a.entry_timeout = VIEW_TIMEOUT
+        return a
+
+    def _root_attr(self, slot: _Slot) -> pyfuse3.EntryAttributes:
+        a = pyfuse3.EntryAttributes()
+        a.st_ino = slot.inode
+        a.st_mode = DIR_MODE | 0o200 if slot.out else DIR_MODE
         # 1 = "not counted" (as btrfs does): the count changes at swaps while the kernel
         # may briefly hold the old attributes, and a stale count would mislead find's
         # leaf optimisation into skipping a directory.
         a.st_nlink = 1
         a.st_uid, a.st_gid = self._uid, self._gid
-        a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = self._root_mtime
+        a.st_atime_ns = a.st_mtime_ns = a.st_ctime_ns = slot.mtime_ns
         # Cached, and dropped at each swap (`show`): default_permissions
         # would otherwise GETATTR the root on every path walk. The root's attributes say
         # nothing about which datum is shown (its link count is constant, see above), so
         # staleness after a swap costs nothing but an old mtime.
         a.attr_timeout = VIEW_TIMEOUT
-        a.entry_timeout = 0
+        # A worker's root is named once (`/<w>`, when it is bind-mounted) and keeps its name.
+        a.entry_timeout = 0 if slot.inode == ROOT else VIEW_TIMEOUT
         return a
 
     def _node_attr(self, inode: int, node: Node, *, at_root: bool) -> pyfuse3.EntryAttributes:
@@ -268,8 +308,11 @@ class PfsOperations(pyfuse3.Operations):
     async def lookup(
         self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
+        slot = self._slots.get(parent_inode)
+        if slot is not None:
+            return self._lookup_root(slot, name)
         if parent_inode == ROOT:
-            return self._lookup_root(name)
+            return self._lookup_worker(name)
         view = self._view_of(parent_inode)
         if view is not None:
             node = view.node(parent_inode)
@@ -285,16 +328,23 @@ class PfsOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ENOENT)
         return self._remember_out(tree, parent_inode, name)
 
-    def _lookup_root(self, name: bytes) -> pyfuse3.EntryAttributes:
-        if name == OUT and self._out is not None:
-            tree = self._out
+    def _lookup_root(self, slot: _Slot, name: bytes) -> pyfuse3.EntryAttributes:
+        if name == OUT and slot.out is not None:
+            tree = slot.out
             tree.remember_root()
             return self._out_root_attr(tree)
-        child = self._current.top.get(name)
+        child = slot.view.top.get(name)
         if child is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
-        self._current.lookups += 1
-        return self._node_attr(child, self._current.node(child), at_root=True)
+        slot.view.lookups += 1
+        return self._node_attr(child, slot.view.node(child), at_root=True)
+
+    def _lookup_worker(self, name: bytes) -> pyfuse3.EntryAttributes:
+        """`/<w>` below the mount's root (N > 1): worker w's root."""
+        slot = self._names.get(name) if len(self._workers) > 1 else None
+        if slot is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return self._root_attr(slot)
 
     @guarded
     async def forget(self, inode_list: list[tuple[int, int]]) -> None:
@@ -312,8 +362,11 @@ class PfsOperations(pyfuse3.Operations):
 
     @guarded
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        slot = self._slots.get(inode)
+        if slot is not None:
+            return self._root_attr(slot)
         if inode == ROOT:
-            return self._root_attr()
+            return self._top_attr()
         view = self._view_of(inode)
         if view is not None:
             return self._node_attr(inode, view.node(inode), at_root=inode in view.top.values())
@@ -369,7 +422,8 @@ class PfsOperations(pyfuse3.Operations):
     @guarded
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
         s = pyfuse3.StatvfsData()
-        target = self._out.staging if self._out is not None else "/"
+        out = self._workers[0].out
+        target = out.staging if out is not None else "/"
         st = os.statvfs(target)
         s.f_bsize, s.f_frsize = st.f_bsize, st.f_frsize
         s.f_blocks, s.f_bfree, s.f_bavail = st.f_blocks, st.f_bfree, st.f_bavail
@@ -404,14 +458,17 @@ class PfsOperations(pyfuse3.Operations):
 
     @guarded
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
-        if inode == ROOT:
+        slot = self._slots.get(inode)
+        if slot is not None:
             # One snapshot per open: a listing never mixes two datums.
-            listing = list(self._current.top.items())
-            if self._out is not None:
-                listing.append((OUT, self._out.root_inode))
+            listing = list(slot.view.top.items())
+            if slot.out is not None:
+                listing.append((OUT, slot.out.root_inode))
             listing.sort()
-            return self._new_handle(Handle(view=self._current, listing=listing,
-                                           out=self._out))
+            return self._new_handle(Handle(view=slot.view, listing=listing, out=slot.out))
+        if inode == ROOT:
+            return self._new_handle(Handle(workers=True, listing=[
+                (str(w).encode(), s.inode) for w, s in enumerate(self._workers)]))
         view = self._view_of(inode)
         if view is not None:
             node = view.node(inode)
@@ -441,6 +498,8 @@ class PfsOperations(pyfuse3.Operations):
         self, handle: Handle, name: bytes, inode: int
     ) -> pyfuse3.EntryAttributes | None:
         """Attributes of one listed entry, counted as a kernel lookup."""
+        if handle.workers:
+            return self._root_attr(self._slots[inode])
         view = handle.view
         if view is not None and inode in view:
             view.lookups += 1

@@ -1,19 +1,23 @@
 """The process between pfsmount and user code: nothing the user code starts outlives it.
 
-pfsmount starts user code as `python -S reaper.py --lifeline FD [--pidns] [--tmp DIR] --
-CMD...`. This process leads the user code's process group and watches two things at once:
-its child (through a pidfd) and the read end FD of a pipe whose write end only pfsmount holds.
-The pipe reaches EOF when the pfsmount *process* is gone, however it died (even by SIGKILL,
-which it cannot catch), and then everything is killed at once: with /pfs gone, a program
-that lived on could write into the bare mountpoint directory. (The kernel's parent-death
-signal is no substitute: it fires when the *thread* that forked us exits, and pfsmount starts
-us from a worker thread that trio retires after 10 s idle.)
+pfsmount starts user code as `python -S reaper.py --lifeline FD [--pidns] [--tmp DIR]
+[--pfs SRC --at DST --hide DIR] -- CMD...`. This process leads the user code's process group
+and watches two things at once: its child (through a pidfd) and the read end FD of a pipe
+whose write end only pfsmount holds. The pipe reaches EOF when the pfsmount *process* is
+gone, however it died (even by SIGKILL, which it cannot catch), and then everything is killed
+at once: with /pfs gone, a program that lived on could write into the bare mountpoint
+directory. (The kernel's parent-death signal is no substitute: it fires when the *thread* that
+forked us exits, and pfsmount starts us from a worker thread that trio retires after 10 s
+idle.)
 
 With `--pidns` (pfsmount checked that it may create namespaces) the reaper unshares a PID and
 a mount namespace and forks an init, pid 1 of the new PID namespace, which runs CMD. When that
 init dies the kernel kills every process in the namespace, however it detached (`setsid`,
 double fork, `nohup`). Inside, / is made a recursive slave (unmounts outside still reach in),
 a fresh /proc shows only the namespace's processes, and `--tmp DIR` is bind-mounted over /tmp.
+With several workers, `--pfs SRC --at DST` bind-mounts this worker's root of the FUSE session
+(SRC, below the session's mountpoint) on DST (the /pfs path), and `--hide DIR` then detaches
+the session's own mountpoint inside the namespace, so the worker reaches no other worker's root.
 Without `--pidns` the process group, plus orphans adopted as a child subreaper, is what can
 be reached.
 
@@ -36,8 +40,10 @@ CLONE_NEWNS = 0x00020000
 CLONE_NEWPID = 0x20000000
 MS_NOSUID, MS_NODEV, MS_NOEXEC = 2, 4, 8
 MS_BIND, MS_REC, MS_SLAVE = 4096, 16384, 1 << 19
+MNT_DETACH = 2
 GRACE_SECONDS = float(os.environ.get("PFSMOUNT_REAPER_GRACE", "5"))
-USAGE = "usage: reaper.py --lifeline FD [--pidns] [--tmp DIR] -- CMD [ARG...] | --probe\n"
+USAGE = ("usage: reaper.py --lifeline FD [--pidns] [--tmp DIR] [--pfs SRC --at DST --hide DIR]"
+         " -- CMD [ARG...] | --probe\n")
 
 _lifeline = -1  # read end of pfsmount's pipe: EOF means pfsmount is gone
 _init = -1  # pidfd of the namespace's init, when there is one (immune to pid reuse)
@@ -144,7 +150,7 @@ def _run_in_group(cmd):
     return _watch(pid, os.pidfd_open(pid))
 
 
-def _run_in_namespace(cmd, tmp):
+def _run_in_namespace(cmd, tmp, pfs):
     global _init
     libc = _libc()
     _check(libc.unshare(CLONE_NEWPID | CLONE_NEWNS), "unshare(CLONE_NEWPID | CLONE_NEWNS)")
@@ -158,7 +164,7 @@ def _run_in_namespace(cmd, tmp):
         os.close(alive_w)
         os.close(status_r)
         try:
-            _be_init(libc, cmd, tmp, alive_r, status_w)
+            _be_init(libc, cmd, tmp, pfs, alive_r, status_w)
         except SetupError as exc:
             sys.stderr.write(f"pfsmount: cannot set up the user code's sandbox: {exc}\n")
         os._exit(127)
@@ -180,14 +186,14 @@ def _init_stop(signum, frame):
         os.kill(-1, signal.SIGTERM)  # from pid 1: every other process in the namespace
 
 
-def _be_init(libc, cmd, tmp, alive_r, status_w):
+def _be_init(libc, cmd, tmp, pfs, alive_r, status_w):
     signal.signal(signal.SIGTERM, _init_stop)
     _check(libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "prctl(PR_SET_PDEATHSIG)")
     # The reaper is single-threaded, so its death (and only that) fires the signal; if it
     # died before the signal was armed, its end of the pipe is already closed.
     if _closed(alive_r):
         os._exit(1)
-    _make_mounts(libc, tmp)
+    _make_mounts(libc, tmp, pfs)
     pid = os.fork()
     if pid == 0:
         _exec(cmd)
@@ -208,10 +214,15 @@ def _be_init(libc, cmd, tmp, alive_r, status_w):
     os._exit(0)
 
 
-def _make_mounts(libc, tmp):
+def _make_mounts(libc, tmp, pfs=None):
     _mount(libc, None, b"/", None, MS_REC | MS_SLAVE, "making / a recursive slave mount")
     _mount(libc, b"proc", b"/proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC,
            "mounting a fresh /proc")
+    if pfs:
+        # Before /tmp: the session's mountpoint may lie below the real /tmp.
+        source, target, hide = (os.fsencode(p) for p in pfs)
+        _mount(libc, source, target, None, MS_BIND, f"bind-mounting {pfs[0]} on {pfs[1]}")
+        _check(libc.umount2(hide, MNT_DETACH), f"hiding {pfs[2]}")
     if tmp:
         _mount(libc, os.fsencode(tmp), b"/tmp", None, MS_BIND, f"bind-mounting {tmp} on /tmp")
 
@@ -236,13 +247,14 @@ def probe():
 
 
 def _parse(argv):
-    """(lifeline fd, pidns, tmp, cmd), or None when malformed."""
+    """(lifeline fd, pidns, tmp, pfs, cmd), or None when malformed."""
     try:
         end = argv.index("--")
     except ValueError:
         return None
     opts, cmd = argv[:end], argv[end + 1:]
     lifeline, pidns, tmp = None, False, None
+    pfs = {}
     while opts:
         flag = opts.pop(0)
         if flag == "--pidns":
@@ -251,11 +263,15 @@ def _parse(argv):
             lifeline = int(opts.pop(0))
         elif flag == "--tmp" and opts:
             tmp = opts.pop(0)
+        elif flag in ("--pfs", "--at", "--hide") and opts:
+            pfs[flag] = opts.pop(0)
         else:
             return None
-    if lifeline is None or not cmd or (tmp and not pidns):
+    if lifeline is None or not cmd or ((tmp or pfs) and not pidns):
         return None
-    return lifeline, pidns, tmp, cmd
+    if pfs and len(pfs) != 3:
+        return None
+    return lifeline, pidns, tmp, (pfs["--pfs"], pfs["--at"], pfs["--hide"]) if pfs else None, cmd
 
 
 def main(argv):
@@ -266,12 +282,12 @@ def main(argv):
     if parsed is None:
         sys.stderr.write(USAGE)
         return 2
-    _lifeline, pidns, tmp, cmd = parsed
+    _lifeline, pidns, tmp, pfs, cmd = parsed
     # The user's program has no business with the pipe.
     os.set_inheritable(_lifeline, False)
     try:
         if pidns:
-            return os.waitstatus_to_exitcode(_run_in_namespace(cmd, tmp))
+            return os.waitstatus_to_exitcode(_run_in_namespace(cmd, tmp, pfs))
         return os.waitstatus_to_exitcode(_run_in_group(cmd))
     except (SetupError, OSError) as exc:
         sys.stderr.write(f"pfsmount: cannot start user code: {exc}\n")

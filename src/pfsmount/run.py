@@ -39,7 +39,7 @@ from pfsmount.output import OutputRepo
 from pfsmount.peers import JobPeers
 from pfsmount.preflight import StartError, check_mountpoint_outside, check_port, check_program
 from pfsmount.protocol import WorkerServer
-from pfsmount.sandbox import RunDir, Sandbox, absolute_paths, choose
+from pfsmount.sandbox import RunDir, Sandbox, absolute_paths, choose, probe_namespaces
 from pfsmount.shims import NATIVE_PACHCTL, write_pachctl
 from pfsmount.spec import PipelineSpec
 from pfsmount.store.local import RepoIndex
@@ -70,6 +70,7 @@ class RunOptions:
     stop_grace: float = 10.0  # SIGTERM to SIGKILL when stopping user code
     exit_grace: float = 30.0  # time a pfsmount client gets to exit after "no more datums"
     shared_tmp: bool = False  # user code sees the machine's /tmp, not a private one
+    parallelism: int | None = None  # workers; overrides the spec's parallelism_spec
 
 
 @dataclass
@@ -89,6 +90,8 @@ class JobReport:
     input_bytes: int = 0  # read from the repos through /pfs: what laziness saved shows here
     input_files: int = 0  # distinct files opened
     stopped_by: str = ""  # why a killed job stopped: "SIGINT", "SIGTERM" or "job_timeout"
+    # Per worker: (attempts it ran, seconds it held a datum).
+    workers: list[tuple[int, float]] = field(default_factory=list)
 
     @property
     def resumed(self) -> int:
@@ -163,6 +166,13 @@ def _clear_stale_mount(path: str) -> None:
         ) from None
 
 
+def _clear_stale_session(path: str) -> None:
+    """Unmount a worker session a killed run left at `path` (its run directory goes next)."""
+    if _mount_type(path) == "fuse.pfsmount":
+        log.warning("%s is left over from a pfsmount that died; unmounting it", path)
+        subprocess.run(["fusermount3", "-u", "-z", path], check=False, capture_output=True)
+
+
 def mount_options() -> set[str]:
     """FUSE options for /pfs: only pfsmount's own uid, which the user code runs as, may enter.
 
@@ -191,7 +201,7 @@ def write_shims(bin_dir: str) -> None:
                  NATIVE_PACHCTL)
 
 
-def user_env(spec: PipelineSpec, port: int, rundir: RunDir) -> dict[str, str]:
+def user_env(spec: PipelineSpec, port: int, rundir: RunDir, worker: int = 0) -> dict[str, str]:
     """The process environment of user code: ours, the spec's, the port and the shims.
 
     Only the shims go in front of PATH: `python3` in a cmd is whichever python3 the user's
@@ -206,7 +216,7 @@ def user_env(spec: PipelineSpec, port: int, rundir: RunDir) -> dict[str, str]:
     # An empty entry would put the current directory on sys.path.
     env["PYTHONPATH"] = os.pathsep.join(
         [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p] + [rundir.python_dir])
-    env[LOCAL_SOCKET_ENV] = rundir.socket_path
+    env[LOCAL_SOCKET_ENV] = rundir.worker_socket(worker)
     return env
 
 
@@ -324,6 +334,15 @@ async def _locked_job(
     except StartError as exc:
         raise RunError(str(exc)) from None
     prepare_mountpoint(opts.mountpoint)
+    workers = opts.parallelism or spec.parallelism
+    if workers > 1:
+        reason = await probe_namespaces()
+        if reason is not None:
+            raise RunError(
+                f"{workers} workers need a mount namespace each, so that every worker sees its "
+                f"own datum at {opts.mountpoint}, and this process cannot create one ({reason}); "
+                "run pfsmount as root (or with CAP_SYS_ADMIN), or run one worker with "
+                "--parallelism 1")
     try:
         ledger = Ledger(workspace.ledger_path)
     except LedgerError as exc:
@@ -350,20 +369,25 @@ async def _locked_job(
                      f"datum (e.g. {untracked[0]}); they are left as they are")
     joblog = JobLog(opts.data_dir, spec.location, plan.job_id)
     rundir = workspace.run
-    await trio.to_thread.run_sync(rundir.create)
+    _clear_stale_session(rundir.fuse_dir)
+    await trio.to_thread.run_sync(rundir.create, workers)
     sandbox = await choose(rundir, shared_tmp=opts.shared_tmp, needed=[
         opts.mountpoint, opts.workdir or os.getcwd(), rundir.root, rundir.socket_path,
         *absolute_paths(spec.transform.cmd), *absolute_paths(spec.transform.err_cmd)])
     started = time.monotonic()
-    fs = PfsOperations()
+    fs = PfsOperations(workers)
+    # One worker: /pfs itself, as always. Several: one session with a root per worker, each
+    # bound on /pfs in its worker's mount namespace (the session's own mountpoint is hidden).
+    fuse_at = opts.mountpoint if workers == 1 else rundir.fuse_dir
     loop = DatumLoop(
         plan.to_run, repos, fs, output, os.path.abspath(opts.mountpoint),
         tries=spec.datum_tries, datum_timeout=spec.datum_timeout,
-        batching=spec.transform.datum_batching,
-        on_progress=lambda lp: console.progress(lp.closed_count, lp.count(DatumState.FAILED)),
+        batching=spec.transform.datum_batching, workers=workers,
+        on_progress=lambda lp: console.progress(lp.closed_count, lp.count(DatumState.FAILED),
+                                                sum(not w.idle for w in lp.workers)),
     )
     try:
-        pyfuse3.init(fs, opts.mountpoint, mount_options())
+        pyfuse3.init(fs, fuse_at, mount_options())
         fs.notifier = notifier = KernelNotifier()
     except RuntimeError as exc:
         rundir.remove()
@@ -381,7 +405,7 @@ async def _locked_job(
             fs_nursery.start_soon(pyfuse3.main)
             fs_nursery.start_soon(_committer, loop, serving)
             loop.start_prefetching(fs_nursery)
-            fs_nursery.start_soon(_tune_read_ahead, opts.mountpoint)
+            fs_nursery.start_soon(_tune_read_ahead, fuse_at)
             try:
                 write_shims(rundir.bin_dir)
                 outcome, restarts, stopped_by = await _serve(spec, loop, opts, console, rundir,
@@ -412,6 +436,7 @@ async def _locked_job(
         output_dir=output.repo_dir, outcome=outcome, problems=problems,
         input_bytes=fs.stats.bytes_read, input_files=len(fs.stats.files_opened),
         restarts=restarts, skipped=plan.skipped, earlier=plan.earlier, stopped_by=stopped_by,
+        workers=[(w.attempts, w.busy_seconds) for w in loop.workers],
     )
     if report.count(DatumState.FAILED) and outcome == "success":
         report.outcome = "failed"
@@ -468,32 +493,45 @@ async def _serve(
     """Run the user code against the datum loop; returns the outcome, the restarts and
     what stopped a killed job ("SIGINT", "SIGTERM", "job_timeout"; else "")."""
     token = trio.lowlevel.current_trio_token()
-    # Only the user code may drive the datums. It runs as pfsmount's own uid today; a
-    # `transform.user` would pass its uid here (and mount with allow_other, see mount_options).
-    peers = JobPeers(uid=os.getuid())
-    server = WorkerServer(Bridge(loop.workers[0], token), port=opts.port, peers=peers)
+    n = len(loop.workers)
+    # Each worker has its own endpoints, and only its own user code may call them. It runs
+    # as pfsmount's own uid today; a `transform.user` would pass its uid here (and mount
+    # with allow_other, see mount_options).
+    peers = [JobPeers(uid=os.getuid()) for _ in range(n)]
+    servers: list[WorkerServer] = []
+    envs: list[dict[str, str]] = []
     try:
-        port = server.start()
-    except OSError as exc:
-        raise RunError(exc.strerror or str(exc)) from None
-    env = user_env(spec, port, rundir)
-    try:
-        private_dir(os.path.dirname(env[LOCAL_SOCKET_ENV]))
-    except SocketDirError as exc:
-        server.stop(grace=0)
-        raise RunError(str(exc)) from None
+        for w, worker in enumerate(loop.workers):
+            server = WorkerServer(Bridge(worker, token), port=opts.port + w if opts.port else 0,
+                                  peers=peers[w])
+            servers.append(server)
+            env = user_env(spec, server.start(), rundir, w)
+            private_dir(os.path.dirname(env[LOCAL_SOCKET_ENV]))
+            envs.append(env)
+    except (OSError, SocketDirError) as exc:
+        for server in servers:
+            server.stop(grace=0)
+        raise RunError(str(exc) if isinstance(exc, SocketDirError)
+                       else exc.strerror or str(exc)) from None
+    # What the workers share (a datum's env must not name worker 0's endpoint for all).
+    env = envs[0] if n == 1 else {k: v for k, v in envs[0].items() if k != PORT_ENV}
+    mountpoint = os.path.abspath(opts.mountpoint) if n > 1 else None
     sup = Supervisor(loop, spec, console, joblog, env, workdir=opts.workdir,
                      stop_grace=opts.stop_grace, exit_grace=opts.exit_grace, problems=problems,
-                     sandbox=sandbox)
-    peers.follow(sup.live_pids)
-    console.start_progress(len(loop.records))
+                     worker_envs=envs,
+                     worker_sandboxes=[sandbox.for_worker(rundir, w, mountpoint)
+                                       for w in range(n)])
+    for w in range(n):
+        peers[w].follow(functools.partial(sup.live_pids, w))
+    console.start_progress(len(loop.records), n)
     interrupted: list[str] = []
     outcome = "killed"
     stopped_by = ""
     try:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_watch_signals, nursery.cancel_scope, interrupted)
-            await nursery.start(serve_local, env[LOCAL_SOCKET_ENV], loop.workers[0], peers)
+            for w, worker in enumerate(loop.workers):
+                await nursery.start(serve_local, envs[w][LOCAL_SOCKET_ENV], worker, peers[w])
             with trio.move_on_after(spec.job_timeout or math.inf) as job_scope:
                 outcome = await sup.run()
             if job_scope.cancelled_caught:
@@ -512,7 +550,8 @@ async def _serve(
             await sup.stop_all()
             if outcome == "killed":
                 await loop.abort("the job was stopped while this datum was running")
-            server.stop(grace=0)
+            for server in servers:
+                server.stop(grace=0)
     return outcome, sup.restarts, stopped_by
 
 

@@ -21,7 +21,7 @@ import os
 import shutil
 import sys
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import trio
@@ -34,20 +34,20 @@ PACKAGE_DIR = str(Path(__file__).resolve().parent)
 MAX_SOCKET_PATH = 107
 
 
-def local_socket_path(bin_dir: str) -> str:
+def local_socket_path(bin_dir: str, name: str = "worker.sock") -> str:
     """Where the worker's local socket for pfsmount's own clients lives.
 
     In the job's bin directory when the path fits a Unix socket address; a deep data directory
     gets a short private directory under /run/pfsmount (or the temp directory when /run is not
     ours) named after the bin directory, so the next run finds and replaces a leftover.
     """
-    path = os.path.join(bin_dir, "worker.sock")
+    path = os.path.join(bin_dir, name)
     if len(os.fsencode(path)) <= MAX_SOCKET_PATH:
         return path
     digest = hashlib.sha256(os.fsencode(bin_dir)).hexdigest()[:16]
     base = "/run/pfsmount" if os.access("/run", os.W_OK) else os.path.join(
         os.environ.get("TMPDIR", "/tmp"), "pfsmount-sock")
-    return os.path.join(base, digest, "worker.sock")
+    return os.path.join(base, digest, name)
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,17 @@ class RunDir:
     @property
     def socket_path(self) -> str:
         return local_socket_path(self.bin_dir)
+
+    def worker_socket(self, worker: int) -> str:
+        """Worker `worker`'s local socket: `socket_path` for worker 0, as with one worker."""
+        if worker == 0:
+            return self.socket_path
+        return local_socket_path(self.bin_dir, f"worker{worker}.sock")
+
+    @property
+    def fuse_dir(self) -> str:
+        """Where the FUSE session is mounted when each worker binds its own root on /pfs."""
+        return os.path.join(self.root, "mnt")
 
     def tmp_dir(self, worker: int = 0) -> str:
         return os.path.join(self.root, "tmp", str(worker))
@@ -88,6 +99,8 @@ class RunDir:
         sock_dir = os.path.dirname(self.socket_path)
         if sock_dir != self.bin_dir:
             os.makedirs(sock_dir, mode=0o700)
+        if workers > 1:
+            os.mkdir(self.fuse_dir, 0o700)
 
     def remove(self) -> None:
         sock_dir = os.path.dirname(self.socket_path)
@@ -107,12 +120,28 @@ class Sandbox:
 
     pidns: bool = False
     tmp: str | None = None  # bind-mounted over /tmp (only with pidns)
+    # With N workers: this worker's root in the FUSE session, bound on `mountpoint` (/pfs),
+    # and the session's own mountpoint, detached inside the namespace.
+    pfs: str | None = None
+    mountpoint: str | None = None
+    hide: str | None = None
+
+    def for_worker(self, rundir: RunDir, worker: int, mountpoint: str | None) -> Sandbox:
+        """Worker `worker`'s sandbox: its own /tmp, and (`mountpoint` given: N > 1) its own
+        root of the FUSE session on /pfs."""
+        tmp = rundir.tmp_dir(worker) if self.tmp else None
+        if mountpoint is None:
+            return replace(self, tmp=tmp)
+        return replace(self, tmp=tmp, pfs=os.path.join(rundir.fuse_dir, str(worker)),
+                       mountpoint=mountpoint, hide=rundir.fuse_dir)
 
     def reaper_args(self) -> list[str]:
         """The reaper's options for this sandbox."""
         args = ["--pidns"] if self.pidns else []
         if self.tmp:
             args += ["--tmp", self.tmp]
+        if self.pfs and self.mountpoint and self.hide:
+            args += ["--pfs", self.pfs, "--at", self.mountpoint, "--hide", self.hide]
         return args
 
 

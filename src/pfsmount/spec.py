@@ -185,7 +185,7 @@ _IGNORED_TRANSFORM = frozenset(
     {"debug", "dockerfile", "image", "image_pull_secrets", "memory_volume", "secrets", "user"}
 )
 _IGNORED_PFS = frozenset({"propagation_spec", "repo_type", "trigger"})
-_IGNORED_PARALLELISM = frozenset({"coefficient"})
+_IGNORED_PARALLELISM: frozenset[str] = frozenset()
 
 # Pachyderm fields that change what the pipeline does and that pfsmount does not implement.
 _REFUSED_TOP = {
@@ -227,7 +227,7 @@ _PFS_FIELDS = frozenset(
     }
 )  # fmt: skip
 _INPUT_KINDS = ("pfs", "cross", "union", "join", "group")
-_PARALLELISM_FIELDS = frozenset({"constant"})
+_PARALLELISM_FIELDS = frozenset({"constant", "coefficient"})
 
 
 # --- loading ----------------------------------------------------------------------------------
@@ -793,16 +793,20 @@ def _parallelism(top: _Fields, ctx: _Context) -> int:
     where = top.where("parallelism_spec")
     spec = _Fields(top.raw("parallelism_spec"), where, ctx, _PARALLELISM_FIELDS,
                    _IGNORED_PARALLELISM)
+    coefficient = spec.values.get("coefficient")
+    if coefficient is not None:
+        if spec.values.get("constant"):
+            raise ctx.error(where, "set constant or coefficient, not both")
+        if isinstance(coefficient, bool) or not isinstance(coefficient, (int, float)) \
+                or coefficient < 0:
+            raise ctx.error(spec.where("coefficient"),
+                            f"expected a number of 0 or more, got {_describe(coefficient)}")
+        # Pachyderm multiplies by the cluster's nodes; here the machine is the cluster.
+        return max(1, round(coefficient * (os.cpu_count() or 1)))
     constant = spec.integer("constant", 1)
     if constant < 0:
         raise ctx.error(spec.where("constant"), f"must be 1 or more, got {constant}")
-    constant = constant or 1
-    if constant > 1:
-        ctx.warnings.append(
-            f"{ctx.source}: {spec.where('constant')}: pfsmount processes datums one at a time; "
-            f"the requested parallelism of {constant} is accepted but not used yet"
-        )
-    return constant
+    return constant or 1
 
 
 # Go's time.ParseDuration units, in seconds.

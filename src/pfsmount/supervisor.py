@@ -8,13 +8,17 @@ row is a crash loop and fails the job instead of spinning.
 
 Without datum batching (Pachyderm's default) `cmd` runs once per datum with the datum's
 environment as its own; exit 0 is success, and so is any code in `accept_return_code`.
+
+With N workers each runs this alone, side by side: its own process (and sandbox, and
+environment: its own NextDatum endpoint), its own restarts and crash-loop count. A crash loop
+on any worker stops the job.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 import trio
 
@@ -50,20 +54,25 @@ class Supervisor:
         exit_grace: float,
         problems: list[str],
         sandbox: Sandbox = NO_SANDBOX,
+        worker_envs: Sequence[Mapping[str, str]] = (),
+        worker_sandboxes: Sequence[Sandbox] = (),
     ) -> None:
         self.loop = loop
-        self.worker = loop.workers[0]
         self.spec = spec
         self.console = console
         self.joblog = joblog
-        self.env = dict(env)
+        self.env = dict(env)  # what every worker's processes share
+        workers = len(loop.workers)
+        # Each worker's own process environment and sandbox (its endpoint, its /pfs).
+        self.worker_envs = [dict(e) for e in worker_envs] or [dict(env)] * workers
+        self.worker_sandboxes = list(worker_sandboxes) or [sandbox] * workers
         self.workdir = workdir
         self.stop_grace = stop_grace
         self.exit_grace = exit_grace
         self.problems = problems
         self.sandbox = sandbox
         self.restarts = 0
-        self._live: set[usercode.UserProcess] = set()
+        self._live: dict[usercode.UserProcess, int] = {}  # process -> its worker
         self._nursery: trio.Nursery | None = None
 
     async def run(self) -> str:
@@ -76,9 +85,8 @@ class Supervisor:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             try:
-                if t.datum_batching:
-                    return await self._batching()
-                return await self._classic()
+                return await self._all_workers(
+                    self._batching if t.datum_batching else self._classic)
             finally:
                 with trio.CancelScope(shield=True):
                     await self.stop_all()
@@ -88,44 +96,73 @@ class Supervisor:
                             await trio.sleep(0.01)
                     nursery.cancel_scope.cancel()
 
-    def live_pids(self) -> list[int]:
-        """The root pids of the user code's live process trees (read from gRPC threads too)."""
-        return [proc.pid for proc in list(self._live)]
+    def live_pids(self, worker: int | None = None) -> list[int]:
+        """The root pids of the live process trees of `worker` (None: of every worker).
+
+        Read from gRPC threads too.
+        """
+        return [proc.pid for proc, w in list(self._live.items()) if worker in (None, w)]
 
     async def stop_all(self) -> None:
         """Stop every process this supervisor started that may still run."""
-        for proc in list(self._live):
-            await proc.stop(self.stop_grace)
-            self._live.discard(proc)
+        procs = list(self._live)
+        async with trio.open_nursery() as nursery:
+            # At once: N workers each given the full grace period one after the other
+            # would stretch the stop N times.
+            for proc in procs:
+                nursery.start_soon(proc.stop, self.stop_grace)
+        for proc in procs:
+            self._live.pop(proc, None)
+
+    async def _all_workers(self, drive: Callable[[Worker], Awaitable[str]]) -> str:
+        """Drive every worker with `drive` side by side: "failed" as soon as one fails."""
+        outcome = "success"
+        async with trio.open_nursery() as nursery:
+            async def one(worker: Worker) -> None:
+                nonlocal outcome
+                if await drive(worker) != "success":
+                    outcome = "failed"
+                    nursery.cancel_scope.cancel()
+
+            for worker in self.loop.workers:
+                nursery.start_soon(one, worker)
+        return outcome
 
     # ----- starting processes ---------------------------------------------------------
 
-    async def _start(self, cmd: tuple[str, ...], env: Mapping[str, str], stdin: tuple[str, ...],
-                     sink: usercode.LineSink) -> usercode.UserProcess:
+    async def _start(self, worker: int, cmd: tuple[str, ...], env: Mapping[str, str],
+                     stdin: tuple[str, ...], sink: usercode.LineSink) -> usercode.UserProcess:
         assert self._nursery is not None
         proc = await usercode.start(self._nursery, cmd, env, self.workdir, stdin, sink,
-                                    self.sandbox)
-        self._live.add(proc)
+                                    self.worker_sandboxes[worker])
+        self._live[proc] = worker
         return proc
 
     async def _stop(self, proc: usercode.UserProcess) -> None:
         with trio.CancelScope(shield=True):
             await proc.stop(self.stop_grace)
-        self._live.discard(proc)
+        self._live.pop(proc, None)
 
-    def _user_sink(self, stream: str, line: bytes) -> None:
-        record = self.worker.current
-        self.console.user_line(stream, line)
-        self.joblog.line(record.datum.id if record else "", record.attempts if record else 0,
-                         "user", stream, line)
+    def _user_sink(self, worker: Worker) -> usercode.LineSink:
+        def sink(stream: str, line: bytes) -> None:
+            # The datum of *this* worker: lines of several workers interleave.
+            record = worker.current
+            self.console.user_line(stream, line)
+            self.joblog.line(record.datum.id if record else "",
+                             record.attempts if record else 0, "user", stream, line)
 
-    async def _run_err_cmd(self, record: DatumRecord, env: Mapping[str, str]) -> int:
+        return sink
+
+    async def _run_err_cmd(self, record: DatumRecord, env: Mapping[str, str],
+                           worker: int) -> int:
         def sink(stream: str, line: bytes) -> None:
             self.console.user_line(stream, line)
             self.joblog.line(record.datum.id, record.attempts, "err_cmd", stream, line)
 
         t = self.spec.transform
-        proc = await self._start(t.err_cmd, env, t.err_stdin, sink)
+        # In the failing worker's sandbox: its /pfs still shows the failed datum.
+        proc = await self._start(worker, t.err_cmd, {**self.worker_envs[worker], **env},
+                                 t.err_stdin, sink)
         timeout = self.spec.datum_timeout or math.inf
         with trio.move_on_after(timeout) as scope:
             code = await proc.wait()
@@ -139,13 +176,13 @@ class Supervisor:
 
     # ----- datum batching -------------------------------------------------------------
 
-    async def _batching(self) -> str:
+    async def _batching(self, worker: Worker) -> str:
         crashes = 0
         cmd = self.spec.transform
-        worker = self.worker
         while True:
             worker.resume()
-            proc = await self._start(cmd.cmd, self.env, cmd.stdin, self._user_sink)
+            proc = await self._start(worker.index, cmd.cmd, self.worker_envs[worker.index],
+                                     cmd.stdin, self._user_sink(worker))
             event = await self._wait(proc, worker)
             if event == "finished":
                 await self._end_after_last(proc, worker)
@@ -227,17 +264,18 @@ class Supervisor:
 
     # ----- one process per datum ------------------------------------------------------
 
-    async def _classic(self) -> str:
+    async def _classic(self, worker: Worker) -> str:
         t = self.spec.transform
         timeout = self.spec.datum_timeout or math.inf
         error = ""
         while True:
-            reply = await self.worker.advance(error)
+            reply = await worker.advance(error)
             if reply.done:
                 return "success"
             # The datum's variables on top of the inherited environment, as Pachyderm does.
-            env = {**self.env, **dict(item.split("=", 1) for item in reply.env)}
-            proc = await self._start(t.cmd, env, t.stdin, self._user_sink)
+            env = {**self.worker_envs[worker.index],
+                   **dict(item.split("=", 1) for item in reply.env)}
+            proc = await self._start(worker.index, t.cmd, env, t.stdin, self._user_sink(worker))
             with trio.move_on_after(timeout) as scope:
                 code = await proc.wait()
             await self._stop(proc)

@@ -79,8 +79,8 @@ class _Current:
     env: list[tuple[str, str]]
 
 
-# (failed record, its env) -> err_cmd's exit status
-ErrCmdRunner = Callable[[DatumRecord, Mapping[str, str]], Awaitable[int]]
+# (failed record, its env, the worker it failed on) -> err_cmd's exit status
+ErrCmdRunner = Callable[[DatumRecord, Mapping[str, str], int], Awaitable[int]]
 
 
 def shared_env(
@@ -145,6 +145,7 @@ class DatumLoop:
         tries: int = 3,
         datum_timeout: float | None = None,
         batching: bool = True,
+        workers: int = 1,
         on_progress: Callable[[DatumLoop], None] = lambda loop: None,
     ) -> None:
         self.queue = DatumQueue(datums)
@@ -164,8 +165,8 @@ class DatumLoop:
         self._prefetch: _Prefetch | None = None
         self.closed = False
         self.finished = trio.Event()  # every datum has reached a final state
-        # One worker today; the fs serves a single /pfs root (see fs.PfsOperations.show).
-        self.workers = [Worker(0, self)]
+        self._work_changed = trio.Event()  # a retry came back, the job finished or closed
+        self.workers = [Worker(w, self) for w in range(workers)]
 
     def configure(
         self,
@@ -203,35 +204,54 @@ class DatumLoop:
 
     def check_finished(self) -> bool:
         """Set `finished` once nothing waits and no worker holds a datum; True if so."""
-        if self.queue.empty and all(w.idle for w in self.workers):
+        if not self.finished.is_set() and self.queue.empty and all(w.idle for w in self.workers):
             self.finished.set()
+            self.poke()
         return self.finished.is_set()
+
+    def poke(self) -> None:
+        """Wake workers waiting for work: a datum came back, or the job ended or closed."""
+        self._work_changed.set()
+        self._work_changed = trio.Event()
+
+    async def wait_for_work(self) -> None:
+        """Until `poke`: the queue is empty, but a datum still running may come back."""
+        await self._work_changed.wait()
 
     async def abort(self, reason: str) -> None:
         """End the loop early: attempts in progress are dropped (a resume runs them again)."""
-        self.closed = True
+        self.close()
         for worker in self.workers:
             await worker.drop(reason)
 
     def close(self) -> None:
         """Refuse every further call (the job is ending)."""
         self.closed = True
+        self.poke()
+
+    def retry(self, record: DatumRecord) -> None:
+        """Put a datum whose attempt failed back first in line, for whichever worker asks."""
+        self.queue.retry(record)
+        self.poke()
 
     # ----- preparing datums -------------------------------------------------------------
 
-    def prepare(self, record: DatumRecord) -> _Prepared:
-        """Everything a datum needs before it can be shown (blocking: runs in a thread)."""
+    def prepare(self, record: DatumRecord, worker: int) -> _Prepared:
+        """Everything a datum needs before it can be shown (blocking: runs in a thread).
+
+        Its staging directory is named for `worker`, the worker that asked for it.
+        """
         env = datum_env(record.datum, self._shared_env, self.output.job_id, self.mountpoint)
         datum_keys = frozenset(k for k, _ in env if k not in self._shared_keys)
         view = build_view(record.datum, self.repos, env_file(env, datum_keys), self.fs.inodes)
-        out = OutTree(self.output.new_staging(), self.fs.inodes)
+        out = OutTree(self.output.new_staging(worker), self.fs.inodes)
         return _Prepared(record, view, out, env)
 
     def start_prefetching(self, nursery: trio.Nursery) -> None:
         """Prepare each next datum in the background while the current one runs."""
         self._nursery = nursery
 
-    def prefetch_next(self) -> None:
+    def prefetch_next(self, worker: int) -> None:
         record = self.queue.peek()
         if self._nursery is None or record is None or self._prefetch is not None:
             return
@@ -240,7 +260,8 @@ class DatumLoop:
 
         async def run() -> None:
             try:
-                slot.prepared = await trio.to_thread.run_sync(self.prepare, slot.record)
+                slot.prepared = await trio.to_thread.run_sync(self.prepare, slot.record,
+                                                              worker)
             except OSError as exc:
                 log.debug("preparing datum %s ahead failed: %s", slot.record.datum.id[:12], exc)
             finally:
@@ -248,8 +269,12 @@ class DatumLoop:
 
         self._nursery.start_soon(run)
 
-    async def take_prepared(self, record: DatumRecord) -> _Prepared:
-        slot, self._prefetch = self._prefetch, None
+    async def take_prepared(self, record: DatumRecord, worker: int) -> _Prepared:
+        slot = self._prefetch
+        if slot is not None and slot.record is not record and not slot.done.is_set():
+            slot = None  # another datum's, still being built: leave it for whoever takes it
+        else:
+            self._prefetch = None
         if slot is not None:
             await slot.done.wait()
             if slot.prepared is not None and slot.record is record:
@@ -257,7 +282,7 @@ class DatumLoop:
             if slot.prepared is not None:
                 # A retry jumped the queue: the datum prepared ahead is not the next one.
                 await trio.to_thread.run_sync(self.output.discard, slot.prepared.out.staging)
-        return await trio.to_thread.run_sync(self.prepare, record)
+        return await trio.to_thread.run_sync(self.prepare, record, worker)
 
     # ----- endings ------------------------------------------------------------------------
 
@@ -313,6 +338,8 @@ class Worker:
         self.last_caller_own = False  # was the final call made by a pfsmount client?
         self.deadline: float | None = None  # trio clock time the current attempt times out
         self.changed = trio.Event()  # set (and replaced) whenever the current attempt changes
+        self.attempts = 0  # attempts this worker ran (for the summary)
+        self.busy_seconds = 0.0  # time it held a datum
 
     @property
     def current(self) -> DatumRecord | None:
@@ -364,6 +391,11 @@ class Worker:
         being stopped cannot move the worker. `attempt` guards a timeout against a datum that
         finished in the meantime.
         """
+        if attempt is None:
+            # A call of the dead process may be waiting for work with the lock held.
+            self._paused = True
+            self._generation += 1
+            self._job.poke()
         async with self._lock:
             if attempt is not None and self.current_attempt() != attempt:
                 return False
@@ -391,6 +423,7 @@ class Worker:
             if cur is not None:
                 self._current = None
                 cur.out.closed = True
+                self.busy_seconds += time.monotonic() - cur.record.started
                 self._job.queue.set_state(cur.record, DatumState.PENDING)
                 cur.record.error = reason
                 await trio.to_thread.run_sync(self._job.output.discard, cur.out.staging)
@@ -399,11 +432,19 @@ class Worker:
     # ----- internals ------------------------------------------------------------------
 
     async def _advance(self) -> Reply:
-        record = self._job.queue.take()
-        if record is None:
+        job = self._job
+        generation = self._generation
+        while (record := job.queue.take()) is None:
             self._show_nothing()
-            self._job.check_finished()
-            return Reply(env=(), done=True)
+            if job.check_finished():
+                return Reply(env=(), done=True)
+            # Other workers still run datums, and a failed one comes back to the queue:
+            # "no more datums" would be premature, so the call waits.
+            await job.wait_for_work()
+            if job.closed:
+                raise WorkerGone("the job is over: pfsmount is shutting down")
+            if generation != self._generation:
+                raise WorkerGone("this user process is being stopped")
         env = await self._present(record)
         return Reply(env=tuple(f"{k}={v}" for k, v in env), datum_id=record.datum.id)
 
@@ -411,20 +452,20 @@ class Worker:
         # Building a large view must not stall the file system: it runs in a thread (ahead
         # of time when prefetching), and only the swap itself happens on the trio thread.
         job = self._job
-        prepared = await job.take_prepared(record)
+        prepared = await job.take_prepared(record, self.index)
         job.queue.set_state(record, DatumState.RUNNING)
         record.attempts += 1
         record.started = time.monotonic()
         self._current = _Current(record, prepared.view, prepared.out, prepared.env)
-        job.fs.show(prepared.view, prepared.out)
+        job.fs.show(prepared.view, prepared.out, self.index)
         self.deadline = (trio.current_time() + job.datum_timeout
                          if job.datum_timeout else None)
         self._signal_change()
-        job.prefetch_next()
+        job.prefetch_next(self.index)
         return prepared.env
 
     def _show_nothing(self) -> None:
-        self._job.fs.show(empty_view(self._job.fs.inodes), None)
+        self._job.fs.show(empty_view(self._job.fs.inodes), None, self.index)
         self.deadline = None
         self._signal_change()
 
@@ -438,7 +479,10 @@ class Worker:
         job = self._job
         cur.out.closed = True
         record = cur.record
-        record.seconds += time.monotonic() - record.started
+        elapsed = time.monotonic() - record.started
+        record.seconds += elapsed
+        self.attempts += 1
+        self.busy_seconds += elapsed
         if not error:
             try:
                 record.output_files = await self._stage_success(record, cur)
@@ -486,14 +530,14 @@ class Worker:
         recovered = False
         if job.err_cmd is not None:
             # The failed datum is still what this worker's /pfs shows while err_cmd runs.
-            code = await job.err_cmd(record, {**job.process_env, **dict(cur.env)})
+            code = await job.err_cmd(record, {**job.process_env, **dict(cur.env)}, self.index)
             recovered = code == 0
         self._current = None
         await trio.to_thread.run_sync(job.output.discard, cur.out.staging)
         if recovered:
             await job.finish(record, DatumState.RECOVERED, error)
         elif record.attempts < job.tries:
-            job.queue.retry(record)  # Pachyderm retries a datum right away
+            job.retry(record)  # Pachyderm retries a datum right away
             log.warning("datum %s attempt %d of %d failed: %s; trying again",
                         record.datum.id[:12], record.attempts, job.tries, error)
         else:
