@@ -18,10 +18,11 @@ SECTIONS = {
     "small_files": {"files", "walks"},
     "swap": {"swap_ms_median", "swap_ms_max", "first_datum_ms_median"},
     "scale": {"first_datum_seconds", "peak_rss_mb", "whole_job", "list_datums_seconds"},
+    "parallel": {"runs", "cpu_speedup", "io_speedup", "overhead_ratio"},
 }
 ALTERNATIVES = {"floor", "pfsmount_client", "pachyderm_sdk", "pachyderm_sdk_env40", "bare_grpc",
                 "pachctl_loop", "pachctl_subprocess", "process_per_datum"}
-TARGETS = 14  # rows of the target table that a run with bindfs judges
+TARGETS = 17  # rows of the target table that a run with bindfs judges
 
 
 def test_quick_benchmark_measures_every_section(tmp_path: Path) -> None:
@@ -49,7 +50,7 @@ def test_quick_benchmark_measures_every_section(tmp_path: Path) -> None:
     assert len(results["targets"]) == TARGETS - (1 if "skipped" in bindfs else 0)
 
     for title in ("Per-datum overhead", "Large reads", "Many small files", "Swap latency",
-                  "Scale", "Targets"):
+                  "Scale", "Parallel workers", "Targets"):
         assert title in done.stdout
     # Nothing the benchmark mounted is left behind.
     assert not any(is_mounted(p) for p in (work / "mnt").glob("*"))

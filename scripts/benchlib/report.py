@@ -13,6 +13,7 @@ from typing import Any
 
 from benchlib import s3bench
 from benchlib.common import MIB, ROOT, SECTIONS, VENV_PY
+from benchlib.parallel import parallel_targets, render_parallel
 from benchlib.sections import ALTERNATIVES, READ_PATHS
 
 # ----- targets -------------------------------------------------------------------------------
@@ -117,6 +118,7 @@ TARGET_CHECKS: dict[str, Callable[[Mapping[str, Any]], list[Target]]] = {
     "swap": _swap_targets,
     "scale": _scale_targets,
     "s3": s3bench.targets,
+    "parallel": parallel_targets,
 }
 
 
@@ -250,6 +252,7 @@ RENDERERS: dict[str, Callable[[Mapping[str, Any]], tuple[str, list[str]]]] = {
     "swap": _render_swap,
     "scale": _render_scale,
     "s3": s3bench.render,
+    "parallel": render_parallel,
 }
 
 
