@@ -101,7 +101,7 @@ def test_workspace_ledger_logs_and_staging_are_private(shared_dir: Path) -> None
             assert proc.poll() is None and time.monotonic() < deadline, proc.stderr
             time.sleep(0.05)
         assert _nobody_reads(data / "in" / "a.txt")  # the check below can fail
-        staged = list((work / "staging").glob("*/secret.txt"))
+        staged = list((work / "staging").glob("*/*/secret.txt"))  # staging/<worker>/<n>/
         assert len(staged) == 1
         ledger = work / "ledger.sqlite"
         logs = list((work / "logs").glob("*.jsonl"))
@@ -112,7 +112,8 @@ def test_workspace_ledger_logs_and_staging_are_private(shared_dir: Path) -> None
             assert not _nobody_reads(path), path
             if path != staged[0]:
                 assert _mode(path) == 0o600, path
-        for path in (work, work / "logs", work / "staging", staged[0].parent):
+        for path in (work, work / "logs", work / "staging", staged[0].parent.parent,
+                     staged[0].parent):
             assert _mode(path) == 0o700, path
     finally:
         go.touch()

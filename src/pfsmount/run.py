@@ -513,8 +513,9 @@ async def _serve(
             server.stop(grace=0)
         raise RunError(str(exc) if isinstance(exc, SocketDirError)
                        else exc.strerror or str(exc)) from None
-    # What the workers share (a datum's env must not name worker 0's endpoint for all).
-    env = envs[0] if n == 1 else {k: v for k, v in envs[0].items() if k != PORT_ENV}
+    # What the workers share (a datum's env must not name worker 0's endpoints for all).
+    env = envs[0] if n == 1 else {k: v for k, v in envs[0].items()
+                                  if k not in (PORT_ENV, LOCAL_SOCKET_ENV)}
     mountpoint = os.path.abspath(opts.mountpoint) if n > 1 else None
     sup = Supervisor(loop, spec, console, joblog, env, workdir=opts.workdir,
                      stop_grace=opts.stop_grace, exit_grace=opts.exit_grace, problems=problems,
