@@ -660,11 +660,10 @@ def _pipeline_name(arg: str, console: Console) -> str | None:
 
 def _is_pipeline(args: argparse.Namespace, target: str) -> bool:
     """A spec path, or the name of a pipeline with a ledger in the data directory."""
-    from pfsmount.output import work_dir
+    from pfsmount.workspace import Workspace
 
     data_dir = os.path.abspath(args.data or _default_data_dir())
-    return os.path.exists(target) or os.path.exists(
-        os.path.join(work_dir(data_dir, target), "ledger.sqlite"))
+    return os.path.exists(target) or os.path.exists(Workspace.of(data_dir, target).ledger_path)
 
 
 def _pipelines(targets: Sequence[str], console: Console) -> list[str] | None:

@@ -179,6 +179,8 @@ class _Children:
                      "--lifeline", str(self.lifeline_r)]
         if args.shared_tmp:
             self.base.append("--shared-tmp")
+        if args.parallelism:
+            self.base += ["--parallelism", str(args.parallelism)]
         if args.verbose:
             self.base.append("--verbose")
 
