@@ -21,6 +21,7 @@ Decisions worth knowing:
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import hashlib
 import json
@@ -319,11 +320,7 @@ def _load_file_documents(path: str) -> list[SpecDocument]:
 def _load_yaml_documents(text: str, source: str) -> list[Any]:
     """Each `---`-separated document, bounded like a single one (empty documents skipped)."""
     documents: list[Any] = []
-    try:
-        loader = yaml.SafeLoader(text)
-    except yaml.YAMLError as exc:
-        raise SpecError(f"{source}: not valid YAML ({_first_line(exc)}); remove it") from None
-    try:
+    with _yaml_loader(text, source) as loader:
         while loader.check_node():
             node = loader.get_node()
             if node is None:
@@ -331,17 +328,6 @@ def _load_yaml_documents(text: str, source: str) -> list[Any]:
             where = source if not documents else f"{source} (document {len(documents) + 1})"
             _check_node_budget(node, where)
             documents.append(loader.construct_document(node))
-    except yaml.MarkedYAMLError as exc:
-        raise SpecError(f"{source}: {_yaml_problem(exc)}") from None
-    except yaml.YAMLError as exc:
-        raise SpecError(f"{source}: not valid YAML ({_first_line(exc)})") from None
-    except RecursionError:
-        raise SpecError(
-            f"{source}: nested too deeply to be a pipeline spec (limit {MAX_DEPTH} levels); "
-            "check the brackets and indentation"
-        ) from None
-    finally:
-        loader.dispose()
     return documents
 
 
@@ -429,16 +415,23 @@ def _check_value_budget(document: object, source: str) -> None:
 
 
 def _load_yaml(text: str, source: str) -> Any:
-    try:
-        loader = yaml.SafeLoader(text)
-    except yaml.YAMLError as exc:
-        raise SpecError(f"{source}: not valid YAML ({_first_line(exc)}); remove it") from None
-    try:
+    with _yaml_loader(text, source) as loader:
         node = loader.get_single_node()
         if node is None:
             raise SpecError(f"{source}: the file holds no YAML document; write a pipeline spec")
         _check_node_budget(node, source)
         return loader.construct_document(node)
+
+
+@contextlib.contextmanager
+def _yaml_loader(text: str, source: str) -> Iterator[yaml.SafeLoader]:
+    """A safe YAML loader over `text` whose errors become one-line `SpecError`s."""
+    try:
+        loader = yaml.SafeLoader(text)
+    except yaml.YAMLError as exc:
+        raise SpecError(f"{source}: not valid YAML ({_first_line(exc)}); remove it") from None
+    try:
+        yield loader
     except yaml.MarkedYAMLError as exc:
         raise SpecError(f"{source}: {_yaml_problem(exc)}") from None
     except yaml.YAMLError as exc:
