@@ -173,8 +173,15 @@ class PfsOperations(pyfuse3.Operations):
         return len(self._live.views)
 
     def _add_view(self, view: View) -> None:
-        self._live.views.append(view)
-        self._live.bases.append(view.base)
+        if not view.nodes:
+            # An empty view holds no inode, and shares its base with the next view built:
+            # two equal bases would make `_view_of` find the wrong one.
+            return
+        # Not an append: with N workers, views prepared ahead are shown in the order workers
+        # take them, not the order their inodes were allocated, and `_view_of` bisects.
+        i = bisect.bisect_left(self._live.bases, view.base)
+        self._live.views.insert(i, view)
+        self._live.bases.insert(i, view.base)
 
     def _reap_view(self, view: View) -> None:
         if not view.idle:
