@@ -219,3 +219,42 @@ async def test_views_shown_out_of_allocation_order_stay_reachable(tmp_path: Path
         await fs.release((await fs.open(env.st_ino, os.O_RDONLY, ctx)).fh)
         inp = await fs.lookup(root, b"in", ctx)
         await fs.releasedir(await fs.opendir(inp.st_ino, ctx))
+
+
+PORTS = """
+    import os
+    from pfsmount import iter_datums
+    for d in iter_datums():
+        reply = dict(d.env)
+        name = os.path.basename(reply["in"])
+        mnt = os.path.dirname(os.path.dirname(reply["in"]))
+        lines = open(os.path.join(mnt, ".env")).read().splitlines()
+        file_env = dict(line.split("=", 1) for line in lines)
+        keys = [line.split("=", 1)[0] for line in lines]
+        with open(os.path.join(mnt, "out", name), "w") as f:
+            f.write(" ".join([os.environ["PPS_WORKER_GRPC_PORT"],
+                              reply.get("PPS_WORKER_GRPC_PORT", "-"),
+                              file_env.get("PPS_WORKER_GRPC_PORT", "-"), *keys[-5:]]))
+"""
+
+
+def test_each_datum_env_names_the_worker_that_took_it(tmp_path: Path, mnt: Path) -> None:
+    data = tmp_path / "data"
+    names = [f"p{i:02d}" for i in range(30)]
+    write_tree(data / "in", {n: n for n in names})
+    script = write_script(tmp_path / "ports.py", PORTS)
+    spec = write_spec(tmp_path / "p.yaml", {
+        **batching_spec("ports", _pfs("in"), ["python3", str(script)]),
+        "parallelism_spec": {"constant": 3}})
+    result = run_pfsmount(spec, data, mnt, timeout=60)
+    assert result.returncode == 0, str(result)
+    seen = set()
+    for name, text in read_tree(data / "ports").items():
+        process, reply, env_file, *keys = text.decode().split()
+        # Prepared before it was known which worker takes it, yet the reply and /pfs/.env
+        # name the port of the worker that did, and the datum's own variables still end it.
+        assert process.isdigit() and reply == process and env_file == process, (name, text)
+        assert keys == ["in", "in_COMMIT", "PACH_DATUM_ID", "PACH_JOB_ID",
+                        "PACH_OUTPUT_COMMIT_ID"], (name, keys)
+        seen.add(process)
+    assert len(seen) >= 2  # several workers took datums: the port is not one for all

@@ -516,6 +516,9 @@ async def _serve(
     # What the workers share (a datum's env must not name worker 0's endpoints for all).
     env = envs[0] if n == 1 else {k: v for k, v in envs[0].items()
                                   if k not in (PORT_ENV, LOCAL_SOCKET_ENV)}
+    if n > 1:
+        for worker, worker_env in zip(loop.workers, envs, strict=True):
+            worker.own_env = ((PORT_ENV, worker_env[PORT_ENV]),)
     mountpoint = os.path.abspath(opts.mountpoint) if n > 1 else None
     sup = Supervisor(loop, spec, console, joblog, env, workdir=opts.workdir,
                      stop_grace=opts.stop_grace, exit_grace=opts.exit_grace, problems=problems,

@@ -140,6 +140,12 @@ def build_view(
     return b.finish(inodes.take(len(b.nodes)), datum)
 
 
+def set_env_file(view: View, env_text: bytes) -> None:
+    """Replace the content of `view`'s /pfs/.env: only before the view is first shown."""
+    node = view.node(view.top[b".env"])
+    node.data, node.size = env_text, len(env_text)
+
+
 def empty_view(inodes: InodeAllocator) -> View:
     """The view shown before the first datum and after the last: nothing at all."""
     return _Builder().finish(inodes.take(0), None)

@@ -39,7 +39,7 @@ from pfsmount.output import OutputConflict, OutputRepo, small_listing
 from pfsmount.queue import FINAL_STATES, DatumQueue, DatumRecord, DatumState
 from pfsmount.reply import Reply, WorkerGone, WorkerRefused
 from pfsmount.store.local import RepoIndex
-from pfsmount.view import View, build_view, empty_view
+from pfsmount.view import View, build_view, empty_view, set_env_file
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,7 @@ class _Prepared:
     view: View
     out: OutTree
     env: list[tuple[str, str]]
+    datum_keys: frozenset[str] = frozenset()  # the datum's own variables in `env`
 
 
 @dataclass
@@ -124,6 +125,17 @@ def env_file(env: Sequence[tuple[str, str]], datum_keys: frozenset[str] = frozen
              if key in datum_keys or _IDENTIFIER.fullmatch(key)]
     # "replace" only for a string that is not even surrogateescape (never from the OS).
     return "".join(lines).encode("utf-8", "replace")
+
+
+def _add_own_env(prepared: _Prepared, own: Sequence[tuple[str, str]]) -> None:
+    """Complete a prepared datum's env (reply and /pfs/.env) with the taking worker's own
+    variables, placed before the datum's own ones as the shared ones are."""
+    keys = {k for k, _ in own}
+    env = [(k, v) for k, v in prepared.env if k not in keys]
+    at = next((i for i, (k, _) in enumerate(env) if k in prepared.datum_keys), len(env))
+    prepared.env = [*env[:at], *own, *env[at:]]
+    # The view is not shown yet: its .env node can change without rebuilding the view.
+    set_env_file(prepared.view, env_file(prepared.env, prepared.datum_keys))
 
 
 class DatumLoop:
@@ -245,7 +257,7 @@ class DatumLoop:
         datum_keys = frozenset(k for k, _ in env if k not in self._shared_keys)
         view = build_view(record.datum, self.repos, env_file(env, datum_keys), self.fs.inodes)
         out = OutTree(self.output.new_staging(worker), self.fs.inodes)
-        return _Prepared(record, view, out, env)
+        return _Prepared(record, view, out, env, datum_keys)
 
     def start_prefetching(self, nursery: trio.Nursery) -> None:
         """Prepare each next datum in the background while the current one runs."""
@@ -339,6 +351,9 @@ class Worker:
         self.deadline: float | None = None  # trio clock time the current attempt times out
         self.changed = trio.Event()  # set (and replaced) whenever the current attempt changes
         self.attempts = 0  # attempts this worker ran (for the summary)
+        # Variables only this worker knows, added to each datum it takes (with N workers: its
+        # own PPS_WORKER_GRPC_PORT; a datum is prepared before it is known who takes it).
+        self.own_env: tuple[tuple[str, str], ...] = ()
         self.busy_seconds = 0.0  # time it held a datum
 
     @property
@@ -453,6 +468,8 @@ class Worker:
         # of time when prefetching), and only the swap itself happens on the trio thread.
         job = self._job
         prepared = await job.take_prepared(record, self.index)
+        if self.own_env:
+            _add_own_env(prepared, self.own_env)
         job.queue.set_state(record, DatumState.RUNNING)
         record.attempts += 1
         record.started = time.monotonic()
