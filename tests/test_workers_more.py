@@ -258,3 +258,25 @@ def test_each_datum_env_names_the_worker_that_took_it(tmp_path: Path, mnt: Path)
                         "PACH_OUTPUT_COMMIT_ID"], (name, keys)
         seen.add(process)
     assert len(seen) >= 2  # several workers took datums: the port is not one for all
+
+
+def test_a_call_from_another_workers_process_is_refused_as_such(tmp_path: Path,
+                                                                mnt: Path) -> None:
+    from test_workers_run import CROSS  # each worker's process calls the other's endpoints
+
+    data = tmp_path / "data"
+    write_tree(data / "in", {"x": "x", "y": "y"})
+    exch = tmp_path / "exch"
+    exch.mkdir()
+    script = write_script(tmp_path / "cross.py", CROSS)
+    spec = write_spec(tmp_path / "p.yaml", {
+        **batching_spec("cross", _pfs("in"), ["python3", str(script)]),
+        "parallelism_spec": {"constant": 2}})
+    result = run_pfsmount(spec, data, mnt, timeout=60, env={"EXCH": str(exch)})
+    assert result.returncode == 0, str(result)
+    for name, text in read_tree(data / "cross").items():
+        codes, rest = text.decode().split("\n", 1)
+        assert codes.split() == ["1", "1"], (name, text)
+        # Both refusals (gRPC, then the local socket) say whose process it is.
+        assert rest.count("belongs to another worker's user code") == 2, (name, text)
+        assert "no process of this job" not in rest, (name, text)

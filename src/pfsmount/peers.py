@@ -57,13 +57,20 @@ class JobPeers:
     def __init__(self, uid: int | None = None) -> None:
         self.uid = os.getuid() if uid is None else uid
         self._roots: Callable[[], Iterable[int]] | None = None
+        self._others: Callable[[], Iterable[int]] = tuple  # other workers' user code
         self._lock = threading.Lock()
         self._netlink: socket.socket | None = None
         self._tree_sockets: set[int] = set()  # socket inodes a tree process was seen holding
 
-    def follow(self, roots: Callable[[], Iterable[int]]) -> None:
-        """Admit only processes descending from `roots()` (the pids of the live user code)."""
+    def follow(self, roots: Callable[[], Iterable[int]],
+               others: Callable[[], Iterable[int]] = tuple) -> None:
+        """Admit only processes descending from `roots()` (the pids of the live user code).
+
+        `others()`: the live user code of the job's other workers, refused with a message
+        saying so (with N workers each process may call only its own worker).
+        """
         self._roots = roots
+        self._others = others
 
     # ----- TCP (gRPC)
 
@@ -86,6 +93,8 @@ class JobPeers:
         if self._roots is None or inode in self._tree_sockets:
             return
         if not _tree_holds_socket(_descendants(self._roots()), inode):
+            if _tree_holds_socket(_descendants(self._others()), inode):
+                raise PeerRefused(_other_worker(f"the connection from {peer} (uid {uid})"))
             raise PeerRefused(
                 f"the connection from {peer} (uid {uid}) belongs to no process of this job's "
                 "user code; only the job's own processes may call NextDatum"
@@ -127,10 +136,19 @@ class JobPeers:
         if uid != self.uid:
             raise PeerRefused(_not_job(who, "the worker socket", self.uid))
         if self._roots is not None and not _descends(pid, set(self._roots())):
+            if _descends(pid, set(self._others())):
+                raise PeerRefused(_other_worker(
+                    f"{who} called NextDatum on the worker socket but"))
             raise PeerRefused(
                 f"{who} called NextDatum on the worker socket but is no process of this job's "
                 "user code; only the job's own processes may call it"
             )
+
+
+def _other_worker(who: str) -> str:
+    return (f"{who} belongs to another worker's user code; each worker's processes may call "
+            "only their own worker: use PPS_WORKER_GRPC_PORT (or pfsmount's client) from the "
+            "process's own environment")
 
 
 def _not_job(who: str, where: str, uid: int) -> str:

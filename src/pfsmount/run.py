@@ -104,8 +104,13 @@ class JobReport:
         return self.earlier + self.records
 
 
-# ----- the mountpoint -------------------------------------------------------------------
+def _other_workers_pids(sup: Supervisor, worker: int) -> list[int]:
+    """The live user code of every worker but `worker` (for its peers' refusal message)."""
+    own = set(sup.live_pids(worker))
+    return [pid for pid in sup.live_pids() if pid not in own]
 
+
+# ----- the mountpoint -------------------------------------------------------------------
 
 def prepare_mountpoint(path: str) -> None:
     """Create the mountpoint, or explain why it cannot be used."""
@@ -526,7 +531,8 @@ async def _serve(
                      worker_sandboxes=[sandbox.for_worker(rundir, w, mountpoint)
                                        for w in range(n)])
     for w in range(n):
-        peers[w].follow(functools.partial(sup.live_pids, w))
+        peers[w].follow(functools.partial(sup.live_pids, w),
+                        others=functools.partial(_other_workers_pids, sup, w))
     console.start_progress(len(loop.records), n)
     interrupted: list[str] = []
     outcome = "killed"
