@@ -30,6 +30,7 @@ import trio
 from pfsmount.console import Console, plural
 from pfsmount.datums import Datum, datum_hash
 from pfsmount.fs import PfsOperations
+from pfsmount.fusewake import FuseReadWatchdog
 from pfsmount.joblog import JobLog
 from pfsmount.ledger import Ledger, LedgerError
 from pfsmount.local import SocketDirError, private_dir, serve_local
@@ -44,6 +45,7 @@ from pfsmount.shims import NATIVE_PACHCTL, write_pachctl
 from pfsmount.spec import PipelineSpec
 from pfsmount.store.local import RepoIndex
 from pfsmount.supervisor import Supervisor, fmt_seconds
+from pfsmount.usercode import lifeline
 from pfsmount.wire import LOCAL_SOCKET_ENV
 from pfsmount.worker import Bridge, DatumLoop, DatumRecord, DatumState
 from pfsmount.workspace import Workspace, WorkspaceBusy
@@ -405,6 +407,7 @@ async def _locked_job(
     restarts = 0
     stopped_by = ""
     serving = trio.Event()
+    wake = FuseReadWatchdog(lifeline())
     try:
         async with trio.open_nursery() as fs_nursery:
             fs_nursery.start_soon(pyfuse3.main)
@@ -433,6 +436,7 @@ async def _locked_job(
         joblog.close()
         raise refused from None
     finally:
+        wake.close()
         pyfuse3.close(unmount=True)
         await trio.to_thread.run_sync(rundir.remove)
     console.end_progress()

@@ -1,0 +1,73 @@
+"""A FUSE request withdrawn between "readable" and pyfuse3's read must not hang pfsmount.
+
+The end of a job kills user code, which may be in the middle of a request; under load this
+once left pfsmount blocked for good in a read of /dev/fuse (see pfsmount/fusewake.py). The
+window is microseconds wide, so gdb holds pfsmount in it: stopped on its way into that read,
+the requester is SIGKILLed (the kernel takes its request back), then pfsmount goes on.
+Needs gdb 13 ($_shell), so the stop is for that request and no earlier one.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from support import batching_spec, finish, needs_fuse, start_pfsmount, write_spec, write_tree
+
+pytestmark = [
+    needs_fuse,
+    pytest.mark.skipif(shutil.which("gdb") is None, reason="needs gdb to widen the window"),
+]
+
+
+def _wait_for(path: Path, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert time.monotonic() < deadline, f"timed out waiting for {path}"
+        time.sleep(0.05)
+
+
+def test_a_withdrawn_request_does_not_hang_the_job(tmp_path: Path, mnt: Path) -> None:
+    write_tree(tmp_path / "data" / "in", {"a": "a"})
+    ready, flag, requester = tmp_path / "ready", tmp_path / "flag", tmp_path / "requester"
+    # After its output the user code touches /pfs no more: nothing else would wake the read.
+    script = (f"while pachctl next datum; do echo done > $MNT/out/x; touch {ready}; "
+              f"while [ ! -e {flag} ]; do sleep 0.05; done; done")
+    spec = write_spec(tmp_path / "p.yaml", batching_spec(
+        "w", {"pfs": {"repo": "in", "glob": "/*"}}, ["bash", "-c", script],
+        env={"MNT": str(mnt)}))
+    proc = start_pfsmount(spec, tmp_path / "data", mnt)
+    gdb = stat = None
+    try:
+        _wait_for(ready)
+        time.sleep(1)  # the kernel's own requests after the write (release) are answered
+        gdb = subprocess.Popen(
+            ["gdb", "-p", str(proc.pid), "-batch", "-ex",
+             f'break fuse_session_receive_buf if $_shell("test -e {requester}") == 0',
+             "-ex", "continue", "-ex", f"shell kill -9 $(cat {requester})", "-ex", "delete",
+             "-ex", "detach"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        # gdb has attached once pfsmount sleeps in ptrace's stop or, continued, in epoll.
+        time.sleep(3)
+        stat = subprocess.Popen(["sh", "-c", f'echo $$ > {requester}; exec stat {mnt}/nothing'],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        out, _ = gdb.communicate(timeout=60)
+        assert "hit Breakpoint 1" in out, out
+        stat.wait(timeout=10)
+        assert stat.returncode == -signal.SIGKILL, "the request was answered, not withdrawn"
+        flag.touch()
+        result = finish(proc, mnt, timeout=30)
+        assert result.returncode == 0, result
+        assert (tmp_path / "data" / "w" / "x").read_text() == "done\n"
+    finally:
+        for p in (gdb, stat):
+            if p is not None and p.poll() is None:
+                p.kill()
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
