@@ -9,6 +9,7 @@ file being copied in is picked up whole, and a burst of files is one round.
 
 from __future__ import annotations
 
+import abc
 import ctypes
 import ctypes.util
 import errno
@@ -46,17 +47,17 @@ class WatchError(Exception):
     """Watching could not start; the message says why."""
 
 
-class Watcher:
+class Watcher(abc.ABC):
     """The interface both watchers share: wait until some repos changed."""
 
     how = ""  # how it watches, for people
 
+    @abc.abstractmethod
     def wait(self) -> set[str]:
         """Block until at least one repo changed; the changed repo keys."""
-        raise NotImplementedError
 
-    def close(self) -> None:
-        pass
+    def close(self) -> None:  # noqa: B027 - optional hook: a poller holds nothing to release
+        """Release what the watcher holds (nothing, unless a subclass says otherwise)."""
 
 
 def open_watcher(data_dir: str, repos: Sequence[str], *, poll: float | None = None,

@@ -11,6 +11,7 @@ local directory holding the same paths.
 
 from __future__ import annotations
 
+import abc
 import bisect
 import hashlib
 import stat
@@ -86,7 +87,7 @@ def sort_key(path: str) -> str:
     return path.replace("/", "\x00")
 
 
-class RepoListing:
+class RepoListing(abc.ABC):
     """An immutable listing of one repo, with O(1) lookup and O(log n) subtrees.
 
     Subclasses say where the bytes are: `open_reader` and `source`.
@@ -121,14 +122,14 @@ class RepoListing:
         end = bisect.bisect_left(self._keys, key + "\x01", lo=start)
         return self.entries[start:end]
 
+    @abc.abstractmethod
     def source(self, path: str) -> str:
         """Where the bytes of the entry at `path` are, for people (a path or a URL)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def open_reader(self, entry: Entry) -> Reader:
         """A reader of the listed regular file `entry`. Local stores open it now; remote ones
         fetch nothing until the first read."""
-        raise NotImplementedError
 
     def content_fingerprint(self, path: str) -> str:
         """A cheap fingerprint of a subtree's content (paths, modes, sizes, mtimes or ETags).
