@@ -35,6 +35,7 @@ program that reads the variable sees the last one and should list `/pfs/<name>` 
 
 from __future__ import annotations
 
+import collections
 import functools
 import hashlib
 import itertools
@@ -43,7 +44,7 @@ import struct
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from pfsmount.glob import compile_glob, expand_template, template_groups
+from pfsmount.glob import Glob, compile_glob, expand_template, template_groups
 from pfsmount.names import FS_ENCODING, FS_ERRORS
 from pfsmount.spec import (
     CrossInput,
@@ -54,8 +55,9 @@ from pfsmount.spec import (
     SpecError,
     UnionInput,
 )
+from pfsmount.spill import KeyedSpill, Replay
 from pfsmount.store import open_repo
-from pfsmount.store.base import RepoListing, StoreError
+from pfsmount.store.base import Entry, RepoListing, RepoSource, StoreError, digest_entries
 from pfsmount.store.local import DEFAULT_PROJECT, repo_location
 
 __all__ = [
@@ -65,6 +67,7 @@ __all__ = [
     "datum_hash",
     "datum_id",
     "expand",
+    "iter_datums",
     "open_repos",
 ]
 
@@ -99,6 +102,11 @@ class DatumInput:
     # Not part of the datum id (Pachyderm's hashes the repo name only), but of the input's
     # identity: images:/a of two projects are different files.
     project: str = DEFAULT_PROJECT
+    # What the view of this input is built from, carried so that no listing must be kept:
+    # the directories above the match (root first) and the match with its subtree, in
+    # listing order. Empty when the input was made by hand (then the repo listing is asked).
+    parents: tuple[Entry, ...] = field(default=(), compare=False, repr=False)
+    subtree: tuple[Entry, ...] = field(default=(), compare=False, repr=False)
 
     @property
     def repo_key(self) -> str:
@@ -158,14 +166,23 @@ def _source_part(name: str, repo: str, branch: str) -> bytes:
     return _framed(name) + _framed(repo) + _framed(branch)
 
 
-def datum_hash(datum: Datum, repos: Mapping[str, RepoListing], salt: str) -> str:
+def datum_hash(datum: Datum, repos: Mapping[str, RepoSource], salt: str) -> str:
     """The hash that decides skipping: id, each input's content fingerprint, then the salt.
 
     Each part is length-suffixed like the parts of the id, so no two sequences collide.
     """
-    fingerprints = (repos[item.repo_key].content_fingerprint(item.path)
+    fingerprints = (digest_entries(item.subtree) if item.subtree
+                    else _listing(repos, item).content_fingerprint(item.path)
                     for item in datum.inputs)
     return _digest((datum.id, *fingerprints, salt))
+
+
+def _listing(repos: Mapping[str, RepoSource], item: DatumInput) -> RepoListing:
+    repo = repos[item.repo_key]
+    if not isinstance(repo, RepoListing):
+        raise DatumError(f"input {item.name!r}: {item.path} carries no entries and repo "
+                         f"{item.repo_key!r} is streamed (make inputs with iter_datums)")
+    return repo
 
 
 def open_repos(input: Input, data_dir: str, source: str = "") -> dict[str, RepoListing]:
@@ -196,9 +213,22 @@ def pfs_fields(node: Input, where: str) -> Iterator[tuple[str, PfsInput]]:
         yield from pfs_fields(child, f"{where}.{kind[type(node)]}[{i}]")
 
 
-def expand(input: Input, repos: Mapping[str, RepoListing]) -> list[Datum]:
+def expand(input: Input, repos: Mapping[str, RepoSource]) -> list[Datum]:
     """All datums of an input tree, in the order described in the module docstring."""
-    return [_make_datum(inputs) for inputs in _expand(input, repos)]
+    return list(iter_datums(input, repos))
+
+
+def iter_datums(input: Input, repos: Mapping[str, RepoSource]) -> Iterator[Datum]:
+    """The datums of an input tree as a stream, in `expand`'s order, while the repos are listed.
+
+    `pfs`, `cross` and `union` yield their first datum as soon as its entries are listed;
+    `join` and `group` first read every input into a temporary spill sorted by key (they need
+    all keys), then stream. Each input carries its own entries (`DatumInput.subtree`), so
+    nothing downstream needs the whole listing.
+    """
+    make = _make_datum
+    for inputs in _stream(input, repos):
+        yield make(inputs)
 
 
 def _make_datum(inputs: Sequence[DatumInput]) -> Datum:
@@ -208,32 +238,54 @@ def _make_datum(inputs: Sequence[DatumInput]) -> Datum:
 _Inputs = tuple[DatumInput, ...]
 
 
-def _expand(node: Input, repos: Mapping[str, RepoListing]) -> list[_Inputs]:
+def _stream(node: Input, repos: Mapping[str, RepoSource]) -> Iterator[_Inputs]:
     if isinstance(node, PfsInput):
-        return [(item,) for item in _expand_pfs(node, repos)]
-    children = [_expand(child, repos) for child in node.children]
+        return ((item,) for item in _stream_pfs(node, repos))
     if isinstance(node, CrossInput):
-        return [_concat(combo) for combo in itertools.product(*children)]
+        return _cross(node.children, repos)
     if isinstance(node, UnionInput):
-        return [inputs for child in children for inputs in child]
+        return itertools.chain.from_iterable(_stream(c, repos) for c in node.children)
     if isinstance(node, JoinInput):
-        return _join(children)
+        return _join(node.children, repos)
     if isinstance(node, GroupInput):
-        return _group(children)
+        return _group(node.children, repos)
     raise TypeError(f"not an input node: {node!r}")
+
+
+def _cross(children: Sequence[Input], repos: Mapping[str, RepoSource]) -> Iterator[_Inputs]:
+    """The cartesian product, first child outermost, each child listed once.
+
+    The first child streams; every other child is replayed once per combination of the
+    children before it, so it is recorded on its first pass (`Replay`: memory, then a
+    temporary file). All children but the first are opened before the first datum: an empty
+    one means no datums at all, as `itertools.product` says.
+    """
+    inner = [Replay(_stream(child, repos)) for child in children[1:]]
+    try:
+        for outer in _stream(children[0], repos):
+            for combo in _product(inner):
+                yield (*outer, *_concat(combo))
+    finally:
+        for replay in inner:
+            replay.close()
+
+
+def _product(replays: Sequence[Replay[_Inputs]]) -> Iterator[tuple[_Inputs, ...]]:
+    # itertools.product would read every replay whole before its first combination.
+    if not replays:
+        yield ()
+        return
+    first, rest = replays[0], replays[1:]
+    for head in first:
+        for tail in _product(rest):
+            yield (head, *tail)
 
 
 def _concat(parts: Iterable[_Inputs]) -> _Inputs:
     return tuple(item for part in parts for item in part)
 
 
-def _expand_pfs(pfs: PfsInput, repos: Mapping[str, RepoListing]) -> list[DatumInput]:
-    repo = repos.get(pfs.repo_key)
-    if repo is None:
-        raise DatumError(
-            f"input {pfs.name!r}: repo {pfs.repo_key!r} was not opened (open it with open_repos)"
-        )
-    glob = compile_glob(pfs.glob)
+def _check_templates(pfs: PfsInput, glob: Glob) -> None:
     for field_name, template in (("join_on", pfs.join_on), ("group_by", pfs.group_by)):
         missing = sorted(n for n in template_groups(template) if n > glob.ngroups)
         if missing:
@@ -242,71 +294,126 @@ def _expand_pfs(pfs: PfsInput, repos: Mapping[str, RepoListing]) -> list[DatumIn
                 f"${missing[0]}, but the glob {glob.pattern!r} has {glob.ngroups}; add a "
                 "(...) group to the glob or fix the template"
             )
-    entries = repo.entries if glob.pattern != "/" else repo.entries[:1]
+
+
+def _stream_pfs(pfs: PfsInput, repos: Mapping[str, RepoSource]) -> Iterator[DatumInput]:
+    """The matches of one pfs input in listing order, each with its ancestors and subtree.
+
+    A matched file is complete at once; a matched directory once the walk leaves it. Matches
+    come out in the order they were found, so a directory's datum waits for its subtree, and
+    with nested matches (`/**`) the ones inside it wait behind it.
+    """
+    repo = repos.get(pfs.repo_key)
+    if repo is None:
+        raise DatumError(
+            f"input {pfs.name!r}: repo {pfs.repo_key!r} was not opened (open it with open_repos)"
+        )
+    glob = compile_glob(pfs.glob)
+    _check_templates(pfs, glob)
     make = functools.partial(DatumInput, pfs.name, pfs.repo, pfs.branch)
     commit, join_on, group_by = repo.commit, pfs.join_on, pfs.group_by
+    templated = "$" in join_on or "$" in group_by
     extra = {"empty_files": pfs.empty_files, "outer_join": pfs.outer_join,
              "project": pfs.project}
-    matched: list[DatumInput] = []
-    if "$" not in join_on and "$" not in group_by:
-        # No template needs the capture groups: a plain match per entry (100k-file repos).
-        matches = glob.matches
-        matched = [make(e.path, commit, join_on, group_by, **extra)
-                   for e in entries if matches(e.path)]
-    else:
-        for entry in entries:
-            groups = glob.match(entry.path)
-            if groups is not None:
-                matched.append(make(entry.path, commit,
-                                    expand_template(join_on, entry.path, groups),
-                                    expand_template(group_by, entry.path, groups), **extra))
-    if not matched:
+    whole_repo = glob.pattern == "/"
+    matches, match = glob.matches, glob.match
+    ready: collections.deque[_Match] = collections.deque()  # found, in order
+    open_dirs: list[_Match] = []  # matched directories the walk is still inside
+    parents: list[Entry] = []  # the directories above the entry being walked, root first
+    found = False
+    for entry in repo.walk():
+        path = entry.path
+        while parents and not _below(path, parents[-1].path):
+            parents.pop()
+        while open_dirs and not _below(path, open_dirs[-1].path):
+            open_dirs.pop().complete = True
+        for m in open_dirs:
+            m.entries.append(entry)
+        if path == "/" if whole_repo else matches(path):
+            if templated:
+                groups = match(path) or ()
+                keys = (expand_template(join_on, path, groups),
+                        expand_template(group_by, path, groups))
+            else:
+                keys = (join_on, group_by)
+            found = True
+            m = _Match(path, keys, tuple(parents), [entry], not entry.is_dir)
+            ready.append(m)
+            if not m.complete:
+                open_dirs.append(m)
+        if entry.is_dir:
+            parents.append(entry)
+        while ready and ready[0].complete:
+            m = ready.popleft()
+            yield make(m.path, commit, *m.keys, **extra, parents=m.parents,
+                       subtree=tuple(m.entries))
+    for m in ready:
+        yield make(m.path, commit, *m.keys, **extra, parents=m.parents,
+                   subtree=tuple(m.entries))
+    if not found:
         log.info("input %s: glob %s matches nothing in repo %s", pfs.name, pfs.glob, pfs.repo)
-    return matched
 
 
-def _keyed(child: list[_Inputs], key_of: str) -> dict[str, list[DatumInput]]:
-    """A child's distinct inputs, grouped by their join_on or group_by key, in child order.
+def _below(path: str, directory: str) -> bool:
+    """Whether `path` is inside `directory` (both "/a/b" form; the root is "/")."""
+    if directory == "/":
+        return True
+    return path.startswith(directory) and path[len(directory):len(directory) + 1] == "/"
 
-    An input that several of the child's datums share is kept once; it counts as an outer-join
+
+@dataclass(slots=True)
+class _Match:
+    path: str
+    keys: tuple[str, str]
+    parents: tuple[Entry, ...]
+    entries: list[Entry]
+    complete: bool
+
+
+def _keyed_spill(children: Sequence[Input], repos: Mapping[str, RepoSource],
+                 key_of: str) -> KeyedSpill:
+    """Every child's distinct inputs, by their join_on or group_by key, in a spill.
+
+    An input that several of a child's datums share is kept once; it counts as an outer-join
     input when any pfs input that produced it has `outer_join`.
     """
-    by_key: dict[str, list[DatumInput]] = {}
-    seen: dict[DatumInput, tuple[str, int]] = {}
-    for inputs in child:
-        for item in inputs:
-            where = seen.get(item)
-            if where is None:
-                items = by_key.setdefault(getattr(item, key_of), [])
-                seen[item] = (getattr(item, key_of), len(items))
-                items.append(item)
-            elif item.outer_join:
-                key, index = where
-                by_key[key][index] = item
-    return by_key
+    spill = KeyedSpill()
+    try:
+        for c, child in enumerate(children):
+            for inputs in _stream(child, repos):
+                for item in inputs:
+                    spill.add(c, getattr(item, key_of), _identity(item), item.outer_join, item)
+    except BaseException:
+        spill.close()
+        raise
+    return spill
 
 
-def _join(children: list[list[_Inputs]]) -> list[_Inputs]:
-    keyed = [_keyed(child, "join_on") for child in children]
-    result: list[_Inputs] = []
-    for key in sorted(set().union(*keyed)):
-        present = [by_key[key] for by_key in keyed if key in by_key]
-        if len(present) < len(keyed):
-            # Unmatched somewhere: only outer-join inputs survive, crossed with each other.
-            present = [
-                kept
-                for kept in (
-                    [i for i in items if i.outer_join] for items in present
-                )
-                if kept
-            ]
-            if not present:
-                continue
-        result.extend(tuple(combo) for combo in itertools.product(*present))
-    return result
+def _identity(item: DatumInput) -> tuple[object, ...]:
+    # The fields that make two inputs equal (dataclass eq): not outer_join, parents, subtree.
+    return (item.name, item.repo, item.branch, item.path, item.commit, item.join_on,
+            item.group_by, item.empty_files, item.project)
 
 
-def _group(children: list[list[_Inputs]]) -> list[_Inputs]:
-    keyed = [_keyed(child, "group_by") for child in children]
-    keys = sorted(set().union(*keyed))
-    return [tuple(item for child in keyed for item in child.get(key, ())) for key in keys]
+def _join(children: Sequence[Input], repos: Mapping[str, RepoSource]) -> Iterator[_Inputs]:
+    spill = _keyed_spill(children, repos, "join_on")
+    try:
+        for _key, present in spill.by_key(len(children)):
+            if any(not items for items in present):
+                # Unmatched somewhere: only outer-join inputs survive, crossed with each other.
+                present = [kept for kept in ([i for i in items if i.outer_join]
+                                             for items in present if items) if kept]
+                if not present:
+                    continue
+            yield from (tuple(combo) for combo in itertools.product(*present))
+    finally:
+        spill.close()
+
+
+def _group(children: Sequence[Input], repos: Mapping[str, RepoSource]) -> Iterator[_Inputs]:
+    spill = _keyed_spill(children, repos, "group_by")
+    try:
+        for _key, present in spill.by_key(len(children)):
+            yield tuple(item for items in present for item in items)
+    finally:
+        spill.close()

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import stat
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from pfsmount.datums import Datum
 from pfsmount.names import FS_ENCODING, FS_ERRORS, fsencode
-from pfsmount.store.base import Entry, RepoListing
+from pfsmount.store.base import Entry, RepoListing, RepoSource
 
 DIR_MODE = stat.S_IFDIR | 0o555
 # The datum's environment can hold secrets (`transform.env`): readable by its owner only.
@@ -49,7 +50,7 @@ class Node:
     mode: int
     size: int
     mtime_ns: int
-    origin: tuple[RepoListing, Entry] | None = None  # a repo file: read through repo.open_reader
+    origin: tuple[RepoSource, Entry] | None = None  # a repo file: read through repo.open_reader
     data: bytes | None = None  # content held in memory (/pfs/.env; a symlink's target)
     children: dict[bytes, int] | None = None  # directories only: name -> inode
     nlink: int = 1
@@ -126,7 +127,7 @@ class _Builder:
 
 def build_view(
     datum: Datum,
-    repos: Mapping[str, RepoListing],
+    repos: Mapping[str, RepoSource],
     env_text: bytes,
     inodes: InodeAllocator,
 ) -> View:
@@ -134,7 +135,12 @@ def build_view(
     b = _Builder()
     for inp in datum.inputs:
         repo = repos[inp.repo_key]
-        _add_input(b, inp.name, inp.path, repo, empty_files=inp.empty_files)
+        if inp.subtree:
+            _add_input(b, inp.name, inp.path, repo, _Carried(inp.parents, inp.subtree),
+                       empty_files=inp.empty_files)
+        else:
+            assert isinstance(repo, RepoListing), "a hand-made input needs a listed repo"
+            _add_input(b, inp.name, inp.path, repo, repo, empty_files=inp.empty_files)
     env_node = Node(mode=ENV_MODE, size=len(env_text), mtime_ns=0, data=env_text)
     b.top[b".env"] = b.add(env_node)
     return b.finish(inodes.take(len(b.nodes)), datum)
@@ -151,8 +157,29 @@ def empty_view(inodes: InodeAllocator) -> View:
     return _Builder().finish(inodes.take(0), None)
 
 
-def _add_input(b: _Builder, name: str, path: str, repo: RepoListing, *, empty_files: bool) -> None:
-    root_entry = repo.get("/")
+class _Entries(Protocol):
+    def get(self, path: str) -> Entry | None: ...
+    def subtree(self, path: str) -> Sequence[Entry]: ...
+
+
+class _Carried:
+    """The entries a streamed input carries, answering as a listing would for its path."""
+
+    def __init__(self, parents: tuple[Entry, ...], subtree: tuple[Entry, ...]) -> None:
+        self._by_path = {e.path: e for e in parents}
+        self._by_path[subtree[0].path] = subtree[0]
+        self._subtree = subtree
+
+    def get(self, path: str) -> Entry | None:
+        return self._by_path.get(path)
+
+    def subtree(self, path: str) -> Sequence[Entry]:
+        return self._subtree
+
+
+def _add_input(b: _Builder, name: str, path: str, repo: RepoSource, listing: _Entries, *,
+               empty_files: bool) -> None:
+    root_entry = listing.get("/")
     root_mtime = root_entry.mtime_ns if root_entry else 0
     key = fsencode(name)
     top = b.top.get(key)
@@ -169,9 +196,9 @@ def _add_input(b: _Builder, name: str, path: str, repo: RepoListing, *, empty_fi
     prefix = ""
     for part in parts[:-1]:
         prefix += "/" + part
-        parent = b.child_dir(parent, fsencode(part), repo.get(prefix), root_mtime)
+        parent = b.child_dir(parent, fsencode(part), listing.get(prefix), root_mtime)
 
-    subtree = repo.subtree(path)
+    subtree = listing.subtree(path)
     _add_subtree(b, top, parts, subtree, repo, empty_files=empty_files)
 
 
@@ -180,7 +207,7 @@ def _add_subtree(
     top: int,
     match_parts: list[str],
     entries: Iterable[Entry],
-    repo: RepoListing,
+    repo: RepoSource,
     *,
     empty_files: bool,
 ) -> None:

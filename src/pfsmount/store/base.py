@@ -16,12 +16,12 @@ import bisect
 import hashlib
 import stat
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import NamedTuple, Protocol
 
 from pfsmount.names import FS_ENCODING, FS_ERRORS
 
-__all__ = ["Entry", "Reader", "RepoListing", "StoreError"]
+__all__ = ["Entry", "Reader", "RepoListing", "RepoSource", "StoreError", "digest_entries"]
 
 _ENTRY_RECORD = struct.Struct(">IQq")
 _PATH_LENGTH = struct.Struct(">I")
@@ -87,13 +87,39 @@ def sort_key(path: str) -> str:
     return path.replace("/", "\x00")
 
 
-class RepoListing(abc.ABC):
+class RepoSource(abc.ABC):
+    """A repo as an ordered stream of entries, and where each entry's bytes are.
+
+    `walk` lists the repo in listing order (`sort_key`: a directory, then its subtree, then
+    its next sibling) without holding the listing: what the datum stream needs at any size.
+    `commit` is known before the walk starts (it names the repo's state in each datum's env).
+    """
+
+    name: str
+    root: str  # where the repo is, for people: a directory or an s3:// URL
+    commit: str
+
+    @abc.abstractmethod
+    def walk(self) -> Iterator[Entry]:
+        """Every entry, the root ("/") first, in listing order; a fresh listing per call."""
+
+    @abc.abstractmethod
+    def source(self, path: str) -> str:
+        """Where the bytes of the entry at `path` are, for people (a path or a URL)."""
+
+    @abc.abstractmethod
+    def open_reader(self, entry: Entry) -> Reader:
+        """A reader of the listed regular file `entry`. Local stores open it now; remote ones
+        fetch nothing until the first read."""
+
+
+class RepoListing(RepoSource):
     """An immutable listing of one repo, with O(1) lookup and O(log n) subtrees.
 
     Subclasses say where the bytes are: `open_reader` and `source`.
     """
 
-    def __init__(self, name: str, root: str, entries: list[Entry]) -> None:
+    def __init__(self, name: str, root: str, entries: list[Entry], commit: str = "") -> None:
         entries.sort(key=lambda e: sort_key(e.path))
         self.name = name
         self.root = root  # where the repo is, for people: a directory or an s3:// URL
@@ -101,7 +127,10 @@ class RepoListing(abc.ABC):
         self._keys = [sort_key(e.path) for e in self.entries]
         self._by_path = {e.path: e for e in self.entries}
         self._fingerprints: dict[str, str] = {}
-        self.commit = self._digest(self.entries, digest_size=16)
+        self.commit = commit or digest_entries(self.entries, digest_size=16)
+
+    def walk(self) -> Iterator[Entry]:
+        return iter(self.entries)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r}, {self.root!r}, {len(self.entries)} entries)"
@@ -122,15 +151,6 @@ class RepoListing(abc.ABC):
         end = bisect.bisect_left(self._keys, key + "\x01", lo=start)
         return self.entries[start:end]
 
-    @abc.abstractmethod
-    def source(self, path: str) -> str:
-        """Where the bytes of the entry at `path` are, for people (a path or a URL)."""
-
-    @abc.abstractmethod
-    def open_reader(self, entry: Entry) -> Reader:
-        """A reader of the listed regular file `entry`. Local stores open it now; remote ones
-        fetch nothing until the first read."""
-
     def content_fingerprint(self, path: str) -> str:
         """A cheap fingerprint of a subtree's content (paths, modes, sizes, mtimes or ETags).
 
@@ -142,22 +162,24 @@ class RepoListing(abc.ABC):
             entry = self._by_path.get(path)
             # A file is its own subtree; skip the two bisects (100k-datum listings).
             entries = (entry,) if entry is not None and not entry.is_dir else self.subtree(path)
-            cached = self._digest(entries, digest_size=32)
+            cached = digest_entries(entries, digest_size=32)
             self._fingerprints[path] = cached
         return cached
 
-    @staticmethod
-    def _digest(entries: Sequence[Entry], digest_size: int) -> str:
-        h = hashlib.blake2b(digest_size=digest_size)
-        update, path_length, record = h.update, _PATH_LENGTH.pack, _ENTRY_RECORD.pack
-        for path, mode, size, mtime_ns, _uid, _gid, _dev, _ino, _link, etag in entries:
-            # A name's own bytes: scandir decoded them as os.fsdecode does.
-            name = path.encode(FS_ENCODING, FS_ERRORS)
-            # Length-prefixing each path keeps two different listings from hashing alike.
-            if etag:
-                tag = etag.encode()
-                update(b"".join((path_length(len(name)), name, record(mode, size, 0),
-                                 path_length(len(tag)), tag)))
-            else:
-                update(b"".join((path_length(len(name)), name, record(mode, size, mtime_ns))))
-        return h.hexdigest()
+
+def digest_entries(entries: Sequence[Entry], digest_size: int = 32) -> str:
+    """The content fingerprint of `entries` (a subtree in listing order): their paths, modes,
+    sizes and mtimes (or ETags), never their bytes."""
+    h = hashlib.blake2b(digest_size=digest_size)
+    update, path_length, record = h.update, _PATH_LENGTH.pack, _ENTRY_RECORD.pack
+    for path, mode, size, mtime_ns, _uid, _gid, _dev, _ino, _link, etag in entries:
+        # A name's own bytes: scandir decoded them as os.fsdecode does.
+        name = path.encode(FS_ENCODING, FS_ERRORS)
+        # Length-prefixing each path keeps two different listings from hashing alike.
+        if etag:
+            tag = etag.encode()
+            update(b"".join((path_length(len(name)), name, record(mode, size, 0),
+                             path_length(len(tag)), tag)))
+        else:
+            update(b"".join((path_length(len(name)), name, record(mode, size, mtime_ns))))
+    return h.hexdigest()

@@ -19,11 +19,13 @@ import logging
 import os
 import re
 import stat
+from collections.abc import Iterator
 
 from pfsmount import _linux
-from pfsmount.store.base import Entry, RepoListing, StoreError
+from pfsmount.store.base import Entry, RepoListing, RepoSource, StoreError, digest_entries
 
-__all__ = ["DEFAULT_PROJECT", "Entry", "RepoIndex", "StoreError", "open_repo", "repo_location"]
+__all__ = ["DEFAULT_PROJECT", "Entry", "LocalRepo", "RepoIndex", "StoreError", "open_repo",
+           "open_stream", "repo_location"]
 
 log = logging.getLogger(__name__)
 
@@ -32,13 +34,13 @@ DEFAULT_PROJECT = "default"
 _PROJECT_PREFIX = "@"
 
 
-class RepoIndex(RepoListing):
-    """An immutable listing of one repo directory; files are read with `pread` on an fd."""
+class _LocalFiles:
+    """Opening listed files beneath a repo directory held open (shared by both local forms)."""
 
-    def __init__(self, name: str, root: str, entries: list[Entry], root_fd: int = -1) -> None:
-        super().__init__(name, root, entries)
-        # The repo directory as listed, held open: every input is opened beneath it.
-        self._root_fd = root_fd
+    name: str
+    root: str
+    _root_fd: int
+    _root_entry: Entry | None
 
     def source(self, path: str) -> str:
         """The absolute filesystem path holding the bytes of the entry at `path`."""
@@ -78,13 +80,47 @@ class RepoIndex(RepoListing):
     def _open_root(self) -> int:
         fd = os.open(self.root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         st = os.fstat(fd)
-        listed = self._by_path.get("/")
+        listed = self._root_entry
         if listed is not None and listed.ino and (st.st_ino, st.st_dev) != (listed.ino,
                                                                              listed.dev):
             os.close(fd)
             raise self._swapped(listed, "the repo directory was replaced")
         self._root_fd = fd
         return fd
+
+
+class LocalRepo(_LocalFiles, RepoSource):
+    """A repo directory as a stream: `walk` lists it in listing order as it goes.
+
+    Opening it reads only the repo directory itself (the commit is known then); the walk
+    holds one sorted directory listing per level of the current path, never the repo.
+    """
+
+    def __init__(self, name: str, root: str, root_fd: int, root_entry: Entry,
+                 commit: str) -> None:
+        self.name = name
+        self.root = root
+        self._root_fd = root_fd
+        self._root_entry = root_entry
+        self.commit = commit
+
+    def __repr__(self) -> str:
+        return f"LocalRepo({self.name!r}, {self.root!r})"
+
+    def walk(self) -> Iterator[Entry]:
+        yield self._root_entry
+        yield from _walk_sorted(self.name, self.root)
+
+
+class RepoIndex(_LocalFiles, RepoListing):
+    """An immutable listing of one repo directory; files are read with `pread` on an fd."""
+
+    def __init__(self, name: str, root: str, entries: list[Entry], root_fd: int = -1,
+                 commit: str = "") -> None:
+        RepoListing.__init__(self, name, root, entries, commit)
+        # The repo directory as listed, held open: every input is opened beneath it.
+        self._root_fd = root_fd
+        self._root_entry = self.get("/")
 
 
 class LocalReader:
@@ -127,20 +163,54 @@ def check_repo_name(project: str, repo: str) -> None:
 
 def open_repo(data_dir: str, repo: str, project: str = DEFAULT_PROJECT) -> RepoIndex:
     """List the repo's directory once and return its index; raise `StoreError` if unusable."""
+    stream = open_stream(data_dir, repo, project)
+    index = RepoIndex(stream.name, stream.root, list(stream.walk()), stream._root_fd,
+                      stream.commit)
+    log.debug("listed repo %s: %d entries, commit %s", index.name, len(index.entries),
+              index.commit)
+    return index
+
+
+def open_stream(data_dir: str, repo: str, project: str = DEFAULT_PROJECT) -> LocalRepo:
+    """Open the repo's directory for a streamed listing; raise `StoreError` if unusable.
+
+    Reads the repo directory's own entries (its commit) and walks only as far as the first
+    file (an empty repo is refused now, not after a job has started).
+    """
     check_repo_name(project, repo)
     label = repo if project == DEFAULT_PROJECT else f"{project}/{repo}"
     root = os.path.abspath(os.path.join(data_dir, repo_location(project, repo)))
     _check_repo_dir(label, root, data_dir, project, repo)
-    root_fd, entries = _walk(label, root)
-    if not any(not e.is_dir for e in entries):
+    try:
+        # The repo directory itself may be a symlink to the real data; follow it at the top only.
+        root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        st = os.fstat(root_fd)
+    except OSError as exc:
+        raise StoreError(f"repo {label!r}: cannot open {root}: {exc.strerror}") from None
+    root_entry = Entry("/", st.st_mode, st.st_size, st.st_mtime_ns, st.st_uid, st.st_gid,
+                       st.st_dev, st.st_ino)
+    try:
+        top = _sorted_dir(label, root, "")
+        if not any(not e.is_dir for e in _walk_sorted(label, root, top)):
+            raise StoreError(
+                f"repo {label!r} is empty: {root} contains no files (Pachyderm runs no job on "
+                f"an empty input commit; add the input files under {root})"
+            )
+    except BaseException:
         os.close(root_fd)
-        raise StoreError(
-            f"repo {label!r} is empty: {root} contains no files (Pachyderm runs no job on an "
-            f"empty input commit; add the input files under {root})"
-        )
-    index = RepoIndex(label, root, entries, root_fd)
-    log.debug("listed repo %s: %d entries, commit %s", label, len(index.entries), index.commit)
-    return index
+        raise
+    return LocalRepo(label, root, root_fd, root_entry, _commit(root_entry, top))
+
+
+def _commit(root: Entry, top: list[tuple[str, os.DirEntry[str] | None, Entry]]) -> str:
+    """The repo's commit id: a fingerprint of its directory and top-level entries.
+
+    Known before the walk, so the first datum's env needs no full listing. Any change at the
+    top level (a name added, removed or rewritten; a top-level directory's own entries
+    changed) gives a new id; a rewrite deeper down keeps it. What decides whether a datum runs
+    again is its datum hash, over its own subtree, which sees every change.
+    """
+    return digest_entries([root, *(entry for _, _, entry in top)], digest_size=16)
 
 
 def _check_repo_dir(label: str, root: str, data_dir: str, project: str, repo: str) -> None:
@@ -172,56 +242,62 @@ def _check_repo_dir(label: str, root: str, data_dir: str, project: str, repo: st
         )
 
 
-def _walk(repo: str, root: str) -> tuple[int, list[Entry]]:
-    """lstat every entry under `root` with one scandir per directory, no recursion.
+_Item = tuple[str, "os.DirEntry[str] | None", Entry]
 
-    Returns the repo directory, held open (files are later opened beneath it), and the entries.
+
+def _walk_sorted(repo: str, root: str,
+                 top: list[_Item] | None = None) -> Iterator[Entry]:
+    """Every entry below `root` (lstat, one scandir per directory) in listing order.
+
+    Siblings are sorted by name: a name holds no "/", so that is `sort_key` order, and
+    descending into a directory right after it keeps each subtree contiguous. Memory: one
+    sorted directory per level of the path being walked.
     """
-    try:
-        # The repo directory itself may be a symlink to the real data; follow it at the top only.
-        root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-        st = os.fstat(root_fd)
-    except OSError as exc:
-        raise StoreError(f"repo {repo!r}: cannot open {root}: {exc.strerror}") from None
-    entries = [Entry("/", st.st_mode, st.st_size, st.st_mtime_ns, st.st_uid, st.st_gid,
-                     st.st_dev, st.st_ino)]
-    try:
-        _list_tree(repo, root, entries)
-    except BaseException:
-        os.close(root_fd)
-        raise
-    return root_fd, entries
+    stack = [iter(top if top is not None else _sorted_dir(repo, root, ""))]
+    while stack:
+        item = next(stack[-1], None)
+        if item is None:
+            stack.pop()
+            continue
+        _name, dir_entry, entry = item
+        yield entry
+        if dir_entry is not None:
+            stack.append(iter(_sorted_dir(repo, dir_entry.path, entry.path)))
 
 
-def _list_tree(repo: str, root: str, entries: list[Entry]) -> None:
-    add = entries.append
-    pending = [("", root)]
+def _sorted_dir(repo: str, directory: str, prefix: str) -> list[_Item]:
+    """The entries of one directory, stat'ed and sorted by name."""
+    items: list[_Item] = []
+    add = items.append
     is_dir, is_reg, is_lnk = stat.S_ISDIR, stat.S_ISREG, stat.S_ISLNK
     last_dev = -1
-    while pending:
-        prefix, directory = pending.pop()
-        for item in _list_dir(repo, directory):
-            try:
-                st = item.stat(follow_symlinks=False)
-            except OSError as exc:
-                log.warning("repo %s: skipping %s: cannot stat it (%s)", repo, item.path,
-                            exc.strerror)
-                continue
-            mode = st.st_mode
-            path = prefix + "/" + item.name
-            if is_dir(mode):
-                pending.append((path, item.path))
-            elif not (is_reg(mode) or is_lnk(mode)):
-                log.warning("repo %s: skipping %s: not a regular file, directory or symlink",
-                            repo, item.path)
-                continue
-            link = _read_link(item.path) if is_lnk(mode) else ""
-            dev = st.st_dev
-            if dev == last_dev:
-                dev = last_dev  # one int object for the repo's device, not one per entry
-            last_dev = dev
-            add(Entry(path, mode, st.st_size, st.st_mtime_ns, st.st_uid, st.st_gid, dev,
-                      st.st_ino, link))
+    for item in _list_dir(repo, directory):
+        try:
+            st = item.stat(follow_symlinks=False)
+        except OSError as exc:
+            log.warning("repo %s: skipping %s: cannot stat it (%s)", repo, item.path,
+                        exc.strerror)
+            continue
+        mode = st.st_mode
+        path = prefix + "/" + item.name
+        if not (is_dir(mode) or is_reg(mode) or is_lnk(mode)):
+            log.warning("repo %s: skipping %s: not a regular file, directory or symlink",
+                        repo, item.path)
+            continue
+        link = _read_link(item.path) if is_lnk(mode) else ""
+        dev = st.st_dev
+        if dev == last_dev:
+            dev = last_dev  # one int object for the repo's device, not one per entry
+        last_dev = dev
+        add((item.name, item if is_dir(mode) else None,
+             Entry(path, mode, st.st_size, st.st_mtime_ns, st.st_uid, st.st_gid, dev,
+                   st.st_ino, link)))
+    items.sort(key=_by_name)
+    return items
+
+
+def _by_name(item: _Item) -> str:
+    return item[0]
 
 
 def _read_link(path: str) -> str:
