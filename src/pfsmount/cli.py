@@ -7,7 +7,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pfsmount import __version__
@@ -15,7 +15,7 @@ from pfsmount.console import Console, ConsoleLogHandler
 from pfsmount.names import display, json_text
 
 if TYPE_CHECKING:
-    from pfsmount.datums import DatumInput
+    from pfsmount.datums import Datum, DatumInput
     from pfsmount.spec import PipelineSpec, SpecDocument
 
 # The exit codes of `pfsmount run`, documented in README.md ("Exit codes").
@@ -74,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("list-datums", help="print the datums a pipeline would process")
     ls.add_argument("spec")
     _data_arg(ls)
-    ls.add_argument("--json", action="store_true", help="one JSON record per line")
+    ls.add_argument("--json", action="store_true", help="one JSON record per line (JSON Lines)")
+    ls.add_argument("--count", action="store_true", help="print only the number of datums")
     ls.add_argument("--job", default=None, metavar="JOB",
                     help="show each datum's state in this recorded job (id prefix)")
 
@@ -269,8 +270,7 @@ def _check_data_dir(data_dir: str, console: Console) -> bool:
 
 def _open(spec: PipelineSpec, data_dir: str, console: Console):
     """Repos and datums of a loaded spec, or None after printing why not."""
-    from pfsmount.datums import expand, open_repos
-    from pfsmount.memory import bulk_allocation
+    from pfsmount.datums import iter_datums, open_repos
     from pfsmount.spec import SpecError
     from pfsmount.store.local import StoreError
 
@@ -279,20 +279,35 @@ def _open(spec: PipelineSpec, data_dir: str, console: Console):
     if not _check_data_dir(data_dir, console):
         return None
     try:
-        with bulk_allocation():
-            repos = open_repos(spec.input, data_dir, source=spec.source)
-            datums = expand(spec.input, repos)
+        repos = open_repos(spec.input, data_dir, source=spec.source)
     except (SpecError, StoreError) as exc:
         console.error(str(exc))
         return None
-    return repos, datums
+    # Datums stream while the repos are listed: nothing is expanded yet.
+    return repos, iter_datums(spec.input, repos)
 
 
 def _cmd_list_datums(args: argparse.Namespace, console: Console) -> int:
     loaded = _load(args, console)
     if loaded is None:
         return EXIT_USAGE
+    from pfsmount.spec import SpecError
+    from pfsmount.store.base import StoreError
+
     _spec, _repos, datums, _data = loaded
+    try:
+        return _print_datums(args, console, _spec, _repos, datums)
+    except (SpecError, StoreError) as exc:
+        # Found while streaming (a directory that cannot be listed, a bad join template).
+        console.error(str(exc))
+        return EXIT_USAGE
+
+
+def _print_datums(args: argparse.Namespace, console: Console, _spec: PipelineSpec,
+                  _repos: Mapping[str, Any], datums: Iterator[Datum]) -> int:
+    if args.count:
+        sys.stdout.write(f"{sum(1 for _ in datums)}\n")
+        return EXIT_OK
     states: dict[str, dict] = {}
     if args.job is not None:
         args.pipeline = args.spec
@@ -385,7 +400,17 @@ def run_pipeline(doc: SpecDocument, data_dir: str, args: argparse.Namespace,
     opened = _open(spec, data_dir, console)
     if opened is None:
         return EXIT_USAGE
-    repos, datums = opened
+    repos, stream = opened
+    from pfsmount.memory import bulk_allocation
+    from pfsmount.spec import SpecError
+    from pfsmount.store.base import StoreError
+
+    try:
+        with bulk_allocation():
+            datums = list(stream)
+    except (SpecError, StoreError) as exc:
+        console.error(str(exc))
+        return EXIT_USAGE
     if spec.location in repos and state_dir == data_dir:
         # Repos are keyed by their place under DATA, so this compares projects too.
         console.error(f"{spec.source}: pipeline.name: '{spec.name}' is also an input repo; the "

@@ -185,13 +185,13 @@ def _listing(repos: Mapping[str, RepoSource], item: DatumInput) -> RepoListing:
     return repo
 
 
-def open_repos(input: Input, data_dir: str, source: str = "") -> dict[str, RepoListing]:
+def open_repos(input: Input, data_dir: str, source: str = "") -> dict[str, RepoSource]:
     """Open every repo the input tree names, once each, keyed by `PfsInput.repo_key`.
 
     A repo that cannot be used raises `StoreError` naming the spec field that asks for it
     (prefixed with `source`, the spec file's name, when given), then the store's reason and fix.
     """
-    repos: dict[str, RepoListing] = {}
+    repos: dict[str, RepoSource] = {}
     for where, pfs in pfs_fields(input, "input"):
         if pfs.repo_key in repos:
             continue

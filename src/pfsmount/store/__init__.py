@@ -1,12 +1,14 @@
 """Where input bytes live: a local directory of repos, or an S3 bucket prefix of them.
 
 `open_repo` picks the store from the data location: `s3://BUCKET[/PREFIX]` is a bucket,
-anything else a local directory. Both return a `RepoListing` (see store/base.py).
+anything else a local directory. Both return a `RepoSource` (see store/base.py): a local
+directory is streamed (`LocalRepo`: listed while datums are produced), an S3 prefix is listed
+whole first (`S3Repo`, a `RepoListing`).
 """
 
 from __future__ import annotations
 
-from pfsmount.store.base import RepoListing
+from pfsmount.store.base import RepoSource
 from pfsmount.store.local import DEFAULT_PROJECT
 
 __all__ = ["is_remote", "open_repo"]
@@ -19,8 +21,8 @@ def is_remote(data: str) -> bool:
     return data.startswith(S3_SCHEME)
 
 
-def open_repo(data: str, repo: str, project: str = DEFAULT_PROJECT) -> RepoListing:
-    """List repo `repo` of `project` at the data location `data`; `StoreError` if unusable."""
+def open_repo(data: str, repo: str, project: str = DEFAULT_PROJECT) -> RepoSource:
+    """Open repo `repo` of `project` at the data location `data`; `StoreError` if unusable."""
     if is_remote(data):
         # Imported here: the S3 clients cost ~0.3 s to import, and local runs never need them.
         from pfsmount.store import s3
@@ -28,4 +30,4 @@ def open_repo(data: str, repo: str, project: str = DEFAULT_PROJECT) -> RepoListi
         return s3.bucket_for(data).open_repo(repo, project)
     from pfsmount.store import local
 
-    return local.open_repo(data, repo, project)
+    return local.open_stream(data, repo, project)
