@@ -1,0 +1,83 @@
+"""A million files: list-datums starts at once and its memory stays flat (issue 18).
+
+The repo is 1,000 directories of 1,000 empty files on tmpfs (made with mknod, a few seconds).
+The bounds are generous sanity checks for a loaded 2-core machine; the targets themselves
+(first datum within ~1 s, <= 300 MB at 10M files) are measured by `scripts/bench --only scale`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from support import PY, write_spec
+
+DIRS, PER_DIR = 1000, 1000
+
+
+@pytest.fixture(scope="module")
+def million() -> Iterator[Path]:
+    if not os.access("/dev/shm", os.W_OK):
+        pytest.skip("needs a writable tmpfs at /dev/shm to create 1M files quickly")
+    data = Path(tempfile.mkdtemp(dir="/dev/shm", prefix="pfsmount-stream-"))
+    try:
+        repo = os.fspath(data / "big")
+        os.mkdir(repo)
+        mode = stat.S_IFREG | 0o644
+        for d in range(DIRS):
+            sub = f"{repo}/d{d:04}"
+            os.mkdir(sub)
+            for f in range(PER_DIR):
+                os.mknod(f"{sub}/f{f:04}", mode)
+        write_spec(data / "p.yaml", {"pipeline": {"name": "p"},
+                                     "input": {"pfs": {"repo": "big", "glob": "/*/*"}},
+                                     "transform": {"cmd": ["true"]}})
+        yield data
+    finally:
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def _list(data: Path, *extra: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([PY, "-m", "pfsmount", "list-datums", str(data / "p.yaml"),
+                             "--data", str(data), *extra], stdout=subprocess.PIPE)
+
+
+def _peak_rss_mb(proc: subprocess.Popen[bytes]) -> float:
+    # wait4 gives this child's own peak, not the largest of every child the tests started.
+    _pid, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return usage.ru_maxrss / 1024
+
+
+def test_million_files_first_line_at_once_and_flat_memory(million: Path) -> None:
+    start = time.monotonic()
+    proc = _list(million, "--json")
+    assert proc.stdout is not None
+    first = proc.stdout.readline()
+    first_at = time.monotonic() - start
+    second = proc.stdout.readline()
+    proc.kill()
+    proc.stdout.close()
+    proc.wait()
+    assert b'"path": "/d0000/f0000"' in first and b'"path": "/d0000/f0001"' in second
+    # Before: ~11 s and ~1 GB to list 1M files before the first line.
+    assert first_at < 5, f"first line after {first_at:.1f}s"
+
+    start = time.monotonic()
+    proc = _list(million, "--count")
+    assert proc.stdout is not None
+    out = proc.stdout.read()
+    peak = _peak_rss_mb(proc)
+    total = time.monotonic() - start
+    assert proc.returncode == 0
+    assert out == b"%d\n" % (DIRS * PER_DIR)
+    assert peak < 200, f"list-datums --count of 1M files peaked at {peak:.0f} MB"
+    print(f"1M files: first line {first_at:.2f}s, count in {total:.1f}s, peak {peak:.0f} MB")
