@@ -20,7 +20,7 @@ from pfsmount.datums import (
     expand,
     open_repos,
 )
-from pfsmount.run import inputs_json
+from pfsmount.plan import inputs_json
 from pfsmount.spec import (
     CrossInput,
     GroupInput,

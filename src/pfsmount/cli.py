@@ -400,24 +400,12 @@ def run_pipeline(doc: SpecDocument, data_dir: str, args: argparse.Namespace,
     opened = _open(spec, data_dir, console)
     if opened is None:
         return EXIT_USAGE
-    repos, stream = opened
-    from pfsmount.memory import bulk_allocation
-    from pfsmount.spec import SpecError
-    from pfsmount.store.base import StoreError
-
-    try:
-        with bulk_allocation():
-            datums = list(stream)
-    except (SpecError, StoreError) as exc:
-        console.error(str(exc))
-        return EXIT_USAGE
+    repos, _ = opened
     if spec.location in repos and state_dir == data_dir:
         # Repos are keyed by their place under DATA, so this compares projects too.
         console.error(f"{spec.source}: pipeline.name: '{spec.name}' is also an input repo; the "
                       "output repo would overwrite it (rename the pipeline)")
         return EXIT_USAGE
-    if not datums:
-        console.warn("the input matched no datums; the output will be empty")
     workdir = _workdir(doc.path, spec.transform.working_dir)
     if not os.path.isdir(workdir):
         console.error(f"{spec.source}: transform.working_dir: {workdir} is not a directory")
@@ -425,13 +413,22 @@ def run_pipeline(doc: SpecDocument, data_dir: str, args: argparse.Namespace,
     opts = RunOptions(data_dir=state_dir, workdir=workdir,
                       mountpoint=os.path.abspath(args.mountpoint), port=args.port,
                       shared_tmp=args.shared_tmp, parallelism=args.parallelism)
-    console.info(f"{len(datums)} datums; mounting {opts.mountpoint}; running "
-                 f"{' '.join(spec.transform.cmd)}")
+    console.info(f"mounting {opts.mountpoint}; running {' '.join(spec.transform.cmd)} as "
+                 "datums are listed")
+    from pfsmount.datums import iter_datums
+
+    def datums() -> Iterator[Datum]:
+        # A fresh stream per call: the job lists once, plus once more to sweep vanished
+        # datums when the ledger remembers some.
+        return iter_datums(spec.input, repos)
+
     try:
         report = trio.run(run_job, spec, repos, datums, opts, console, doc.digest)
     except RunError as exc:
         console.error(str(exc))
         return EXIT_USAGE
+    if not report.listed and report.outcome == "success":
+        console.warn("the input matched no datums; the output will be empty")
     return _summarize(report, console, doc.path)
 
 
@@ -458,13 +455,13 @@ def _summarize(report, console: Console, spec_path: str) -> int:
     """The end-of-job lines and the exit code; every count covers the whole job, including
     the datums a resumed job finished before its interruption (as `list-jobs` does)."""
     from pfsmount.console import plural
-    from pfsmount.worker import FINAL_STATES, DatumState
+    from pfsmount.worker import DatumState
 
     ok = report.count(DatumState.SUCCESS)
     failed = report.count(DatumState.FAILED)
     recovered = report.count(DatumState.RECOVERED)
-    unrun = sum(1 for r in report.records if r.state not in FINAL_STATES)
-    ran = sum(1 for r in report.records if r.state in FINAL_STATES)
+    unrun = report.unrun
+    ran = report.ran
     rate = ran / report.seconds if report.seconds > 0 else 0.0
     for problem in report.problems:
         console.error(problem)
@@ -512,12 +509,12 @@ def _cmd_logs(args: argparse.Namespace, console: Console) -> int:
     if found is None:
         return EXIT_USAGE
     ledger, job = found
-    datums = ledger.job_datums(job["job_id"])
+    # Indexed questions about this job only: a job of millions of datums is not loaded.
     wanted: set[str] | None = None
     if args.failed:
-        wanted = {d["datum_id"] for d in datums if d["state"] in ("failed", "recovered")}
+        wanted = {d["datum_id"] for d in ledger.troubled_datums(job["job_id"])}
     if args.datum:
-        matches = {d["datum_id"] for d in datums if d["datum_id"].startswith(args.datum)}
+        matches = set(ledger.datum_ids_in_job(job["job_id"], args.datum))
         if not matches:
             console.error(f"job {job['job_id'][:12]} has no datum whose id starts with "
                           f"'{args.datum}' (see `pfsmount list-datums`)")
@@ -646,12 +643,10 @@ def _inspect_job(args: argparse.Namespace, console: Console, job_prefix: str) ->
     if found is None:
         return EXIT_USAGE
     ledger, job = found
-    datums = ledger.job_datums(job["job_id"])
-    counts: dict[str, int] = {}
-    for d in datums:
-        counts[d["state"]] = counts.get(d["state"], 0) + 1
-    timed = sorted(d["seconds"] for d in datums if d["state"] in ("success", "failed",
-                                                                   "recovered"))
+    # Counted and sorted by SQLite over this job's rows: nothing per datum is loaded but
+    # the failures printed.
+    counts = ledger.state_counts(job["job_id"])
+    timed, median, longest, total = ledger.attempt_seconds(job["job_id"])
     out = sys.stdout
     out.write(f"job       {job['job_id']}\nstate     {job['state']}\n"
               f"started   {_when(job['started'])}\nended     {_when(job['ended'])}\n")
@@ -660,9 +655,9 @@ def _inspect_job(args: argparse.Namespace, console: Console, job_prefix: str) ->
     out.write("datums    " + ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
               + f" (of {job['total']})\n")
     if timed:
-        out.write(f"timings   median {timed[len(timed) // 2]:.3f}s, max {timed[-1]:.3f}s, "
-                  f"total {sum(timed):.1f}s per datum attempt\n")
-    for d in datums:
+        out.write(f"timings   median {median:.3f}s, max {longest:.3f}s, "
+                  f"total {total:.1f}s per datum attempt\n")
+    for d in ledger.troubled_datums(job["job_id"]):
         if d["state"] in ("failed", "recovered"):
             inputs = ", ".join(f"{i['name']}:{display(i['path'])}" for i in d["inputs"])
             out.write(f"{d['state']:9} {d['datum_id'][:12]} ({inputs}) after "

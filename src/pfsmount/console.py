@@ -42,6 +42,7 @@ class Console:
         self.tty = self.err.isatty() if tty is None else tty
         self._bar = ""
         self._total = 0
+        self._listing = False
         self._workers = 1
         self._start = 0.0
         self._last_plain = 0.0
@@ -76,39 +77,54 @@ class Console:
 
     # ----- progress -------------------------------------------------------------------
 
-    def start_progress(self, total: int, workers: int = 1) -> None:
-        self._total = total
+    def start_progress(self, total: int | None, workers: int = 1) -> None:
+        """`total`: the job's datums, or None while they are still being listed."""
+        self._total = total or 0
+        self._listing = total is None
         self._workers = workers
         self._start = time.monotonic()
         self._last_plain = self._start
         self.progress(0, 0)
 
-    def progress(self, done: int, failed: int, busy: int = 0) -> None:
-        """`done` of the total ended, `failed` of them failed; `busy` workers hold a datum."""
+    def progress(self, done: int, failed: int, busy: int = 0, *, total: int | None = None,
+                 listing: bool | None = None) -> None:
+        """`done` of the total ended, `failed` of them failed; `busy` workers hold a datum.
+
+        `total` and `listing` update what is known of the total: while the repos are still
+        listed it is a lower bound ("≥ N datums, listing…").
+        """
+        if total is not None:
+            self._total = total
+        if listing is not None:
+            self._listing = listing
         elapsed = time.monotonic() - self._start
         rate = done / elapsed if elapsed > 0 else 0.0
-        eta = (self._total - done) / rate if rate > 0 else None
+        eta = (self._total - done) / rate if rate > 0 and not self._listing else None
+        count = (f"{done}/≥{self._total} datums, listing…" if self._listing
+                 else f"{done}/{self._total} datums")
         text = (
-            f"{done}/{self._total} datums"
+            count
             + (f", {failed} failed" if failed else "")
             + f"  {rate:.1f}/s"
             + (f"  ETA {_fmt_duration(eta)}" if eta is not None and done < self._total else "")
             + (f"  {busy}/{self._workers} workers busy" if self._workers > 1 else "")
         )
+        final = done == self._total and not self._listing
         if self.tty:
             now = time.monotonic()
             # A redraw per datum would cost a terminal write on every NextDatum.
-            if now - self._last_draw < TTY_REDRAW_EVERY and done not in (0, self._total):
+            if now - self._last_draw < TTY_REDRAW_EVERY and done != 0 and not final:
                 return
             self._last_draw = now
             width = 24
-            filled = int(width * done / self._total) if self._total else width
+            filled = (int(width * done / self._total) if self._total and not self._listing
+                      else 0 if self._listing else width)
             self._bar = f"[{'#' * filled}{'.' * (width - filled)}] {text}"
             self.err.write("\r\x1b[2K" + self._bar)
             self.err.flush()
             return
         now = time.monotonic()
-        if now - self._last_plain >= PLAIN_PROGRESS_EVERY or done == self._total:
+        if now - self._last_plain >= PLAIN_PROGRESS_EVERY or final:
             self._last_plain = now
             self.info(text)
 

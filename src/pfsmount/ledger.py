@@ -60,6 +60,9 @@ CREATE INDEX IF NOT EXISTS outputs_by_datum ON outputs (datum_id);
 -- Resuming a job asks which of its datums are done: without this, a scan of all of them.
 CREATE INDEX IF NOT EXISTS job_datums_done ON job_datums (job_id)
     WHERE state IN ('success', 'failed', 'recovered', 'skipped');
+-- inspect-job and logs --failed ask for a job's troubles: not a scan of all its datums.
+CREATE INDEX IF NOT EXISTS job_datums_troubled ON job_datums (job_id)
+    WHERE state IN ('failed', 'recovered');
 CREATE TABLE IF NOT EXISTS intents (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, datum_id TEXT NOT NULL, op TEXT NOT NULL,
     path TEXT NOT NULL, source TEXT NOT NULL DEFAULT ''
@@ -69,6 +72,8 @@ CREATE TABLE IF NOT EXISTS intents (
 RUNNING = "running"
 DONE_STATES = ("success", "failed", "recovered", "skipped")
 _DONE_SQL = ", ".join(f"'{state}'" for state in DONE_STATES)
+# Ids per `IN (...)` lookup: well under SQLite's default limit of 32,766 variables.
+LOOKUP_BATCH = 500
 
 
 class LedgerError(Exception):
@@ -167,6 +172,10 @@ class Ledger:
             (job_id, pipeline, spec_hash, salt, time.time(), RUNNING, total),
         )])
 
+    def set_total(self, job_id: str, total: int) -> None:
+        """The job's number of datums, once the listing has produced them all."""
+        self._transaction([("UPDATE jobs SET total = ? WHERE job_id = ?", (total, job_id))])
+
     def end_job(self, job_id: str, state: str, message: str = "") -> None:
         c = self._counts(job_id)
         self._transaction([(
@@ -216,6 +225,41 @@ class Ledger:
             f"SELECT datum_id, state FROM job_datums WHERE job_id = ? AND state IN ({_DONE_SQL})",
             (job_id,)))
 
+    def state_counts(self, job_id: str) -> dict[str, int]:
+        """How many of the job's datums are in each state (its rows only, by the key)."""
+        return dict(self._query(
+            "SELECT state, COUNT(*) FROM job_datums WHERE job_id = ? GROUP BY state", (job_id,)))
+
+    def attempt_seconds(self, job_id: str) -> tuple[int, float, float, float]:
+        """(ended datums, median, max and total seconds) of the job's ended datums."""
+        where = f"job_id = ? AND state IN ({_DONE_SQL}) AND state != 'skipped'"
+        (n, high, total), = self._query(
+            f"SELECT COUNT(*), MAX(seconds), SUM(seconds) FROM job_datums WHERE {where}",
+            (job_id,))
+        if not n:
+            return 0, 0.0, 0.0, 0.0
+        (median,), = self._query(f"SELECT seconds FROM job_datums WHERE {where} "
+                                 "ORDER BY seconds LIMIT 1 OFFSET ?", (job_id, n // 2))
+        return n, median, high, total
+
+    def troubled_datums(self, job_id: str) -> list[dict[str, Any]]:
+        """The job's FAILED and RECOVERED datums, as `job_datums` records, in job order."""
+        cols = ("datum_id", "hash", "inputs", "state", "attempts", "seconds", "error", "outputs")
+        rows = self._query(f"SELECT {', '.join(cols)} FROM job_datums WHERE job_id = ? "
+                           "AND state IN ('failed', 'recovered') ORDER BY rowid", (job_id,))
+        out = []
+        for row in rows:
+            rec = dict(zip(cols, row, strict=True))
+            rec["inputs"] = json.loads(rec["inputs"])
+            out.append(rec)
+        return out
+
+    def datum_ids_in_job(self, job_id: str, prefix: str) -> list[str]:
+        """The job's datum ids starting with `prefix` (a range of the primary key)."""
+        return [row[0] for row in self._query(
+            "SELECT datum_id FROM job_datums WHERE job_id = ? AND datum_id >= ? "
+            "AND datum_id < ?", (job_id, prefix, prefix + "\U0010ffff"))]
+
     def troubled_in_job(self, job_id: str) -> list[tuple[str, str, int, str]]:
         """(datum id, state, attempts, error) of the job's FAILED and RECOVERED datums."""
         return [tuple(row) for row in self._query(  # type: ignore[misc]
@@ -229,8 +273,55 @@ class Ledger:
         """Datum id -> hash, for every datum whose latest outcome was PROCESSED."""
         return dict(self._query("SELECT datum_id, hash FROM datums WHERE state = 'success'"))
 
+    def has_datums(self) -> bool:
+        """Whether any datum is recorded (an earlier job ended some)."""
+        return bool(self._query("SELECT 1 FROM datums LIMIT 1"))
+
     def known_datums(self) -> set[str]:
         return {row[0] for row in self._query("SELECT datum_id FROM datums")}
+
+    def processed_hashes_of(self, datum_ids: Sequence[str]) -> dict[str, str]:
+        """`processed_hashes` for these ids only: indexed lookups, never the whole table."""
+        return self._lookup("SELECT datum_id, hash FROM datums WHERE state = 'success' "
+                            "AND datum_id IN ({})", (), datum_ids)
+
+    def done_in_job_of(self, job_id: str, datum_ids: Sequence[str]) -> dict[str, str]:
+        """`done_in_job` for these ids only."""
+        return self._lookup(f"SELECT datum_id, state FROM job_datums WHERE job_id = ? AND "
+                            f"state IN ({_DONE_SQL}) AND datum_id IN ({{}})", (job_id,),
+                            datum_ids)
+
+    def _lookup(self, sql: str, args: Sequence[Any], ids: Sequence[str]) -> dict[str, Any]:
+        found: dict[str, Any] = {}
+        for i in range(0, len(ids), LOOKUP_BATCH):
+            batch = ids[i:i + LOOKUP_BATCH]
+            found.update(self._query(sql.format(", ".join("?" * len(batch))),
+                                     (*args, *batch)))
+        return found
+
+    # Deleted-datum detection without holding every id: the ids a job's input produces are
+    # marked in a temporary table (this connection's own), then the recorded ones not marked
+    # are swept.
+
+    def mark_seen(self, datum_ids: Iterable[str]) -> None:
+        """Remember that the input still produces these datums (see `unseen_datums`)."""
+        with self._lock:
+            try:
+                self._db.execute("CREATE TEMP TABLE IF NOT EXISTS seen "
+                                 "(datum_id TEXT PRIMARY KEY) WITHOUT ROWID")
+                self._db.executemany("INSERT OR IGNORE INTO temp.seen VALUES (?)",
+                                     ((d,) for d in datum_ids))
+            except sqlite3.Error as exc:
+                raise LedgerError(_describe(exc, self.path)) from None
+
+    def unseen_datums(self) -> list[str]:
+        """Recorded datums that were not marked seen, sorted; then forgets the marks."""
+        self.mark_seen(())
+        gone = [row[0] for row in self._query(
+            "SELECT datum_id FROM datums WHERE datum_id NOT IN (SELECT datum_id FROM temp.seen) "
+            "ORDER BY datum_id")]
+        self._query("DELETE FROM temp.seen")
+        return gone
 
     def record_datums(self, job_id: str, rows: Sequence[tuple[str, str, str, str]]) -> None:
         """Register the job's datums: (datum id, hash, inputs json, state)."""

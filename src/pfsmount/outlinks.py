@@ -33,8 +33,9 @@ from collections import deque
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
-from pfsmount.store.base import RepoListing
-from pfsmount.store.local import RepoIndex
+from pfsmount.datums import DatumInput
+from pfsmount.store.base import Entry, Reader, RepoListing, RepoSource
+from pfsmount.store.local import LocalRepo, RepoIndex
 from pfsmount.view import Node, View
 
 log = logging.getLogger(__name__)
@@ -45,11 +46,41 @@ _REMOTE_COPY_CHUNK = 8 << 20
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
+class _InputFiles:
+    """One input's listed entries and the store that reads them.
+
+    A streamed datum carries its own entries (`DatumInput.subtree`); a hand-made one is
+    looked up in its repo's whole listing.
+    """
+
+    def __init__(self, store: RepoSource, item: DatumInput) -> None:
+        self.store = store
+        self.local = isinstance(store, RepoIndex | LocalRepo)
+        self._entries = ({e.path: e for e in (*item.parents, *item.subtree)}
+                         if item.subtree else None)
+
+    def get(self, path: str) -> Entry | None:
+        if self._entries is not None:
+            return self._entries.get(path)
+        assert isinstance(self.store, RepoListing)
+        return self.store.get(path)
+
+    def source(self, path: str) -> str:
+        return self.store.source(path)
+
+    def open_file(self, entry: Entry) -> int:
+        assert isinstance(self.store, RepoIndex | LocalRepo)
+        return self.store.open_file(entry)
+
+    def open_reader(self, entry: Entry) -> Reader:
+        return self.store.open_reader(entry)
+
+
 @dataclass(frozen=True)
 class _Target:
     """An input file or directory a link resolved to."""
 
-    repo: RepoListing
+    repo: _InputFiles
     path: str  # in the repo, "/a/b"
     node: Node
 
@@ -59,7 +90,7 @@ class DatumFiles:
     """What one datum showed under /pfs: everything a link in its output may point at."""
 
     view: View
-    repos: Mapping[str, RepoListing]
+    repos: Mapping[str, RepoSource]
     mountpoint: str  # the /pfs the user code saw
 
     def resolve(self, staging: str, link: list[bytes], target: bytes) -> _Target | None:
@@ -112,11 +143,11 @@ class DatumFiles:
             inode = children.get(name) if children is not None else None
         return self.view.node(inode) if inode is not None else None
 
-    def _repo(self, top: bytes) -> RepoListing | None:
+    def _repo(self, top: bytes) -> _InputFiles | None:
         datum = self.view.datum
         for inp in datum.inputs if datum is not None else ():
             if os.fsencode(inp.name) == top:
-                return self.repos[inp.repo_key]
+                return _InputFiles(self.repos[inp.repo_key], inp)
         return None
 
 
@@ -152,7 +183,7 @@ def materialize(staging: str, files: DatumFiles) -> int:
     return replaced
 
 
-def _place(repo: RepoListing, path: str, node: Node, view: View, dir_fd: int, name: bytes,
+def _place(repo: _InputFiles, path: str, node: Node, view: View, dir_fd: int, name: bytes,
            owner: tuple[int, int]) -> None:
     """Create `name` in `dir_fd` as a copy of the input entry `path` (recursively)."""
     if node.children is not None:
@@ -171,7 +202,7 @@ def _place(repo: RepoListing, path: str, node: Node, view: View, dir_fd: int, na
         os.symlink(_link_target(repo, path), name, dir_fd=dir_fd)
         if owner != (os.geteuid(), os.getegid()):
             os.chown(name, *owner, dir_fd=dir_fd, follow_symlinks=False)
-    elif not isinstance(repo, RepoIndex):
+    elif not repo.local:
         _copy_remote(repo, path, stat.S_IMODE(node.mode), dir_fd, name, owner)
     else:
         src = _open_source(repo, path, owner)
@@ -179,7 +210,7 @@ def _place(repo: RepoListing, path: str, node: Node, view: View, dir_fd: int, na
             _copy_file(src, stat.S_IMODE(node.mode), dir_fd, name, owner)
 
 
-def _open_source(repo: RepoIndex, path: str, owner: tuple[int, int]) -> int | None:
+def _open_source(repo: _InputFiles, path: str, owner: tuple[int, int]) -> int | None:
     """An fd on the input file `source`, or None if the link's owner could not read it.
 
     The copy is made by root and then given to the link's owner: without this check, user
@@ -222,7 +253,7 @@ def _copy_file(src: int, mode: int, dir_fd: int, name: bytes, owner: tuple[int, 
         os.close(src)
 
 
-def _copy_remote(repo: RepoListing, path: str, mode: int, dir_fd: int, name: bytes,
+def _copy_remote(repo: _InputFiles, path: str, mode: int, dir_fd: int, name: bytes,
                  owner: tuple[int, int]) -> None:
     """Copy a listed file of a remote store (an S3 object) through its reader.
 
@@ -303,7 +334,7 @@ def _kind(node: Node | None) -> tuple[str | None, bytes | None]:
     return "file", None
 
 
-def _link_target(repo: RepoListing, path: str) -> bytes:
+def _link_target(repo: _InputFiles, path: str) -> bytes:
     entry = repo.get(path)
     if entry is None or not entry.is_symlink:
         raise OSError(errno.EINVAL, f"{repo.source(path)} is not a listed symlink")

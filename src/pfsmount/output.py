@@ -31,7 +31,7 @@ import shutil
 import signal
 import stat
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import pyfuse3
@@ -80,7 +80,8 @@ class OutputRepo:
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()  # one group commit at a time, in queue order
         self._batch: list[_Ending] = []
-        self._unregistered: Sequence[tuple[str, str, str, str]] | None = None
+        self._unregistered: list[tuple[str, str, str, str]] | None = None
+        self._committed: list[str] = []  # ids whose endings a flush committed (or failed)
         self._index: OutputIndex | None = None  # loaded from the ledger when first needed
         self._claims: dict[str, str] = {}  # output path -> queued datum that adds it
         self._releases: set[str] = set()  # output paths queued endings delete
@@ -112,9 +113,14 @@ class OutputRepo:
         os.makedirs(self.staging_root, mode=0o700, exist_ok=True)
         self._worker_dirs.clear()
 
-    def forget_missing(self, datum_ids: set[str]) -> int:
-        """Remove the outputs of datums that no longer exist; returns how many datums."""
-        gone = sorted(self.ledger.known_datums() - datum_ids)
+    def forget_missing(self, datum_ids: Iterable[str]) -> int:
+        """Remove the outputs of datums that no longer exist; returns how many datums.
+
+        The ids are marked in the ledger as they come (a temporary table), so neither they
+        nor the recorded ones are ever held in memory together.
+        """
+        self.ledger.mark_seen(datum_ids)
+        gone = self.ledger.unseen_datums()
         if not gone:
             return 0
         intents = [Intent("del", path) for d in gone for path in self.ledger.outputs_of(d)]
@@ -144,7 +150,12 @@ class OutputRepo:
         done, which is the truth.
         """
         with self._lock:
-            self._unregistered = rows
+            # Datums are planned in batches while the repos are listed: each batch joins
+            # the rows the next flush registers, before any of its datums can end.
+            if self._unregistered is None:
+                self._unregistered = list(rows)
+            else:
+                self._unregistered.extend(rows)
 
     # ----- datum attempts ---------------------------------------------------------------
 
@@ -217,7 +228,8 @@ class OutputRepo:
                 self.ledger.record_datums(self.job_id, rows)
             except LedgerError as exc:
                 with self._lock:
-                    self._unregistered = rows  # tried again at the next flush
+                    # Tried again at the next flush, with any registered meanwhile.
+                    self._unregistered = rows + (self._unregistered or [])
                 return self._fail(batch, f"could not register the job's datums: {exc}")
         if not batch:
             return []
@@ -232,7 +244,15 @@ class OutputRepo:
                     failures += self._fail([ending], str(exc))
         self._unclaim(batch)
         self._unclaim(vetted)
+        with self._lock:
+            self._committed.extend(e.datum_id for e in batch)
         return failures
+
+    def drain_committed(self) -> list[str]:
+        """The ids of the datums whose endings flushes settled since the last call."""
+        with self._lock:
+            done, self._committed = self._committed, []
+        return done
 
     def _vet(self, batch: Sequence[_Ending]) -> tuple[list[_Ending], list[tuple[str, str]]]:
         """Fail the endings whose files would land below a symlink no datum wrote, or

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import collections
 import enum
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from pfsmount.datums import Datum
@@ -41,21 +41,50 @@ class DatumRecord:
 
 
 class DatumQueue:
-    """The datums of one job (one shard, later) and the order they are handed out in."""
+    """The datums of one job (one shard, later) and the order they are handed out in.
 
-    def __init__(self, datums: Sequence[Datum]) -> None:
-        self.records = [DatumRecord(d) for d in datums]
-        self._by_id = {r.datum.id: r for r in self.records}
-        self._counts = collections.Counter({DatumState.PENDING: len(self.records)})
-        self._pending = collections.deque(self.records)
+    Datums arrive in batches while the repos are listed (`add`) until `complete`; a queue
+    made from a list is complete at once. Memory is bounded by what is in flight, not by the
+    job: a record is dropped once its ending is committed (`release`), except the FAILED and
+    RECOVERED ones, kept for the job's summary (`troubled`).
+    """
+
+    def __init__(self, datums: Sequence[Datum] = (), *, complete: bool = True) -> None:
+        self._by_id: dict[str, DatumRecord] = {}
+        self._counts: collections.Counter[DatumState] = collections.Counter()
+        self._pending: collections.deque[DatumRecord] = collections.deque()
+        self.troubled: list[DatumRecord] = []
+        self.total = 0  # datums added so far
+        self.complete = False
+        self.add(datums)
+        self.complete = complete
 
     def __len__(self) -> int:
-        return len(self.records)
+        return self.total
+
+    def add(self, datums: Iterable[Datum]) -> None:
+        """Queue more datums, behind those already waiting."""
+        assert not self.complete, "datums added after the listing was complete"
+        for d in datums:
+            record = DatumRecord(d)
+            self._by_id[d.id] = record
+            self._pending.append(record)
+            self.total += 1
+            self._counts[DatumState.PENDING] += 1
+
+    @property
+    def records(self) -> list[DatumRecord]:
+        """The records still held: waiting, running, or ended and not yet committed."""
+        return list(self._by_id.values())
 
     @property
     def empty(self) -> bool:
-        """Nothing is waiting to be taken (datums may still be running)."""
+        """Nothing is waiting to be taken (datums may still be running or being listed)."""
         return not self._pending
+
+    @property
+    def waiting(self) -> int:
+        return len(self._pending)
 
     def take(self) -> DatumRecord | None:
         """The next datum to run, or None when none is waiting."""
@@ -73,6 +102,12 @@ class DatumQueue:
     def record(self, datum_id: str) -> DatumRecord:
         return self._by_id[datum_id]
 
+    def release(self, datum_id: str) -> None:
+        """Forget a datum whose ending is committed (a troubled one stays in `troubled`)."""
+        record = self._by_id.get(datum_id)
+        if record is not None and record.state in FINAL_STATES:
+            del self._by_id[datum_id]
+
     def count(self, state: DatumState) -> int:
         return self._counts[state]
 
@@ -85,4 +120,7 @@ class DatumQueue:
         # every record each time is quadratic over a job of 100,000 datums.
         self._counts[record.state] -= 1
         self._counts[state] += 1
+        if state in (DatumState.FAILED, DatumState.RECOVERED) and record.state not in (
+                DatumState.FAILED, DatumState.RECOVERED):
+            self.troubled.append(record)
         record.state = state

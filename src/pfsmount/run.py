@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import errno
 import functools
-import json
 import logging
 import math
 import os
@@ -20,34 +19,33 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import pyfuse3
 import trio
 
 from pfsmount.console import Console, plural
-from pfsmount.datums import Datum, datum_hash
+from pfsmount.datums import datum_hash
 from pfsmount.fs import PfsOperations
 from pfsmount.fusewake import FuseReadWatchdog
 from pfsmount.joblog import JobLog
 from pfsmount.ledger import Ledger, LedgerError
 from pfsmount.local import SocketDirError, private_dir, serve_local
-from pfsmount.memory import bulk_allocation
 from pfsmount.notify import KernelNotifier
 from pfsmount.output import OutputRepo
 from pfsmount.peers import JobPeers
+from pfsmount.plan import DatumStream, Producer, begin_job
 from pfsmount.preflight import StartError, check_mountpoint_outside, check_port, check_program
 from pfsmount.protocol import WorkerServer
 from pfsmount.sandbox import RunDir, Sandbox, absolute_paths, choose, probe_namespaces
 from pfsmount.shims import NATIVE_PACHCTL, write_pachctl
-from pfsmount.spec import PipelineSpec
-from pfsmount.store.local import RepoIndex
+from pfsmount.spec import PipelineSpec, SpecError
+from pfsmount.store.base import RepoSource, StoreError
 from pfsmount.supervisor import Supervisor, fmt_seconds
 from pfsmount.usercode import lifeline
 from pfsmount.wire import LOCAL_SOCKET_ENV
-from pfsmount.worker import Bridge, DatumLoop, DatumRecord, DatumState
+from pfsmount.worker import FINAL_STATES, Bridge, DatumLoop, DatumRecord, DatumState
 from pfsmount.workspace import Workspace, WorkspaceBusy
 
 log = logging.getLogger(__name__)
@@ -77,30 +75,44 @@ class RunOptions:
 
 @dataclass
 class JobReport:
-    """How a job ended: every datum of the job, including those a resumed job finished
-    before its interruption, so a failure then still fails the job."""
+    """How a job ended: counts over every datum of the job, including those a resumed job
+    finished before its interruption, so a failure then still fails the job. Records are
+    kept only of the troubled datums (FAILED or RECOVERED), for the summary."""
 
     job_id: str
-    records: list[DatumRecord]  # the datums this run took on
+    records: list[DatumRecord]  # this run's FAILED and RECOVERED datums
     seconds: float
     output_dir: str
     outcome: str  # "success", "failed" or "killed"
     problems: list[str] = field(default_factory=list)
     skipped: int = 0  # unchanged since they were processed
-    earlier: list[DatumRecord] = field(default_factory=list)  # finished before the interruption
+    earlier: list[DatumRecord] = field(default_factory=list)  # troubled, before the interruption
     restarts: int = 0  # times the user code was started again after dying
     input_bytes: int = 0  # read from the repos through /pfs: what laziness saved shows here
     input_files: int = 0  # distinct files opened
     stopped_by: str = ""  # why a killed job stopped: "SIGINT", "SIGTERM" or "job_timeout"
     # Per worker: (attempts it ran, seconds it held a datum).
     workers: list[tuple[int, float]] = field(default_factory=list)
+    counts: dict[DatumState, int] = field(default_factory=dict)  # this run, by state
+    earlier_counts: dict[DatumState, int] = field(default_factory=dict)
+    listed: int = 0  # datums the listing produced (this run's share of the job)
 
     @property
     def resumed(self) -> int:
-        return len(self.earlier)
+        return sum(self.earlier_counts.values())
+
+    @property
+    def ran(self) -> int:
+        """Datums this run brought to a final state."""
+        return sum(self.counts.get(s, 0) for s in FINAL_STATES)
+
+    @property
+    def unrun(self) -> int:
+        """Datums listed for this run that did not end (a stopped job)."""
+        return sum(n for s, n in self.counts.items() if s not in FINAL_STATES)
 
     def count(self, state: DatumState) -> int:
-        return sum(1 for r in self.all_records() if r.state is state)
+        return self.earlier_counts.get(state, 0) + self.counts.get(state, 0)
 
     def all_records(self) -> list[DatumRecord]:
         return self.earlier + self.records
@@ -230,17 +242,6 @@ def user_env(spec: PipelineSpec, port: int, rundir: RunDir, worker: int = 0) -> 
 # ----- the job ---------------------------------------------------------------------------
 
 
-@dataclass
-class Plan:
-    """What this run will do: which job it is, and which datums it runs or skips."""
-
-    job_id: str
-    to_run: list[Datum]
-    skipped: int  # unchanged and processed before
-    earlier: list[DatumRecord]  # already finished in the interrupted job this run continues
-    resuming: bool
-
-
 def lock_pipeline(workspace: Workspace) -> int:
     """Hold the pipeline's lock for this process's life; two runs would corrupt each other."""
     try:
@@ -249,69 +250,10 @@ def lock_pipeline(workspace: Workspace) -> int:
         raise RunError(str(exc)) from None
 
 
-def inputs_json(datum: Datum) -> str:
-    """`json.dumps([{"name": ..., "repo": ..., "path": ...}, ...])` of a datum's inputs, the
-    same text, built several times faster (it runs once per datum at the start of a job)."""
-    return "[" + ", ".join([_input_json_head(i.name, i.repo) + _json_str(i.path) + "}"
-                            for i in datum.inputs]) + "]"
-
-
-_json_str = json.encoder.encode_basestring_ascii  # what json.dumps uses by default
-
-
-@functools.lru_cache(maxsize=256)
-def _input_json_head(name: str, repo: str) -> str:
-    return f'{{"name": {_json_str(name)}, "repo": {_json_str(repo)}, "path": '
-
-
-def plan_job(spec: PipelineSpec, repos: Mapping[str, RepoIndex], datums: Sequence[Datum],
-             output: OutputRepo, ledger: Ledger, spec_hash: str) -> Plan:
-    """Recover from a crash, forget vanished datums, and decide what runs (blocking I/O)."""
-    redone = output.recover()
-    if redone:
-        log.info("finished %d output change(s) that an earlier crash interrupted", redone)
-    output.clear_staging()
-    gone = output.forget_missing({d.id for d in datums})
-    if gone:
-        log.info("removed the outputs of %d datum(s) that no longer exist", gone)
-    interrupted = ledger.interrupted_job()
-    job_id = interrupted["job_id"] if interrupted else uuid.uuid4().hex
-    finished = ledger.done_in_job(job_id) if interrupted else {}
-    troubled = {row[0]: row[1:] for row in ledger.troubled_in_job(job_id)} if interrupted else {}
-    earlier: list[DatumRecord] = []
-    processed = ledger.processed_hashes() if spec.reprocess_spec != "every_job" else {}
-    # Only a datum processed before can be skipped, so only those are hashed up front; the
-    # others are hashed when they end (a first run of 100,000 datums hashes nothing here).
-    hashes = {d.id: datum_hash(d, repos, spec.salt) for d in datums if d.id in processed}
-    to_run: list[Datum] = []
-    rows = []
-    skipped = 0
-    for d in datums:
-        if d.id in finished:
-            if finished[d.id] != "skipped":
-                state, attempts, error = troubled.get(d.id, ("success", 0, ""))
-                earlier.append(DatumRecord(d, DatumState(state), attempts, error))
-            continue
-        inputs = inputs_json(d)
-        known = hashes.get(d.id, "")
-        if known and processed.get(d.id) == known:
-            skipped += 1
-            rows.append((d.id, known, inputs, "skipped"))
-        else:
-            to_run.append(d)
-            rows.append((d.id, known, inputs, "pending"))
-    ledger.start_job(job_id, spec.location, spec_hash, spec.salt, len(datums))
-    output.job_id = job_id
-    output.register_later(rows)
-    output.load_index()
-    skipped += sum(1 for state in finished.values() if state == "skipped")
-    return Plan(job_id, to_run, skipped, earlier, interrupted is not None)
-
-
 async def run_job(
     spec: PipelineSpec,
-    repos: Mapping[str, RepoIndex],
-    datums: Sequence[Datum],
+    repos: Mapping[str, RepoSource],
+    datums: DatumStream,
     opts: RunOptions,
     console: Console,
     spec_hash: str = "",
@@ -327,8 +269,8 @@ async def run_job(
 
 async def _locked_job(
     spec: PipelineSpec,
-    repos: Mapping[str, RepoIndex],
-    datums: Sequence[Datum],
+    repos: Mapping[str, RepoSource],
+    datums: DatumStream,
     opts: RunOptions,
     console: Console,
     spec_hash: str,
@@ -356,18 +298,14 @@ async def _locked_job(
         raise RunError(str(exc)) from None
     output = OutputRepo(opts.data_dir, spec.location, ledger)
     try:
-        with bulk_allocation():
-            plan = await trio.to_thread.run_sync(
-                plan_job, spec, repos, datums, output, ledger, spec_hash)
-    except LedgerError as exc:
+        plan = await trio.to_thread.run_sync(begin_job, spec, datums, output, ledger, spec_hash)
+    except (LedgerError, SpecError, StoreError) as exc:
         ledger.close()
         raise RunError(str(exc)) from None
-    by_id = {d.id: d for d in datums}
-    output.hasher = lambda datum_id: datum_hash(by_id[datum_id], repos, spec.salt)
     if plan.resuming:
-        failed = sum(1 for r in plan.earlier if r.state is DatumState.FAILED)
+        failed = plan.earlier_counts.get(DatumState.FAILED, 0)
         console.info(f"resuming interrupted job {plan.job_id[:12]}: "
-                     f"{plural(len(plan.earlier), 'datum')} already finished"
+                     f"{plural(plan.resumed, 'datum')} already finished"
                      + (f", {failed} of them failed" if failed else ""))
     untracked = output.untracked()
     if untracked:
@@ -387,18 +325,23 @@ async def _locked_job(
     # bound on /pfs in its worker's mount namespace (the session's own mountpoint is hidden).
     fuse_at = opts.mountpoint if workers == 1 else rundir.fuse_dir
     loop = DatumLoop(
-        plan.to_run, repos, fs, output, os.path.abspath(opts.mountpoint),
+        (), repos, fs, output, os.path.abspath(opts.mountpoint),
         tries=spec.datum_tries, datum_timeout=spec.datum_timeout,
-        batching=spec.transform.datum_batching, workers=workers,
-        on_progress=lambda lp: console.progress(lp.closed_count, lp.count(DatumState.FAILED),
-                                                sum(not w.idle for w in lp.workers)),
+        batching=spec.transform.datum_batching, workers=workers, listing=True,
+        on_progress=lambda lp: console.progress(
+            lp.closed_count, lp.count(DatumState.FAILED), sum(not w.idle for w in lp.workers),
+            total=len(lp.queue), listing=not lp.queue.complete),
     )
+    # The datum being hashed at its commit is still held by the queue: records are
+    # released only after the flush that committed them.
+    output.hasher = lambda datum_id: datum_hash(loop.queue.record(datum_id).datum, repos,
+                                                spec.salt)
+    producer = Producer(plan, spec, repos, datums, ledger, output, loop)
     try:
         pyfuse3.init(fs, fuse_at, mount_options())
         fs.notifier = notifier = KernelNotifier()
     except RuntimeError as exc:
         rundir.remove()
-        output.flush()  # registers the job's datums, so the failed job lists them
         ledger.end_job(plan.job_id, "failed", f"cannot mount: {exc}")
         raise RunError(f"cannot mount FUSE at {opts.mountpoint}: {exc} "
                        "(is /dev/fuse present, and are you root?)") from None
@@ -413,6 +356,7 @@ async def _locked_job(
             fs_nursery.start_soon(pyfuse3.main)
             fs_nursery.start_soon(_committer, loop, serving)
             loop.start_prefetching(fs_nursery)
+            fs_nursery.start_soon(producer.run)
             fs_nursery.start_soon(_tune_read_ahead, fuse_at)
             try:
                 write_shims(rundir.bin_dir)
@@ -420,6 +364,7 @@ async def _locked_job(
                                                              sandbox, joblog, problems)
             finally:
                 with trio.CancelScope(shield=True):
+                    producer.stop()
                     serving.set()
                     # Datums that finished are kept, even when the job was interrupted.
                     await loop.flush()
@@ -440,12 +385,23 @@ async def _locked_job(
         pyfuse3.close(unmount=True)
         await trio.to_thread.run_sync(rundir.remove)
     console.end_progress()
+    if plan.problem:
+        problems.append(plan.problem)
+        if outcome == "success":
+            outcome = "failed"  # the datums after the listing stopped never ran
+    if not plan.complete:
+        # Stopped before the listing ended: the total is what was listed (a resume lists
+        # again and records the real one).
+        await trio.to_thread.run_sync(ledger.set_total, plan.job_id, plan.listed)
     report = JobReport(
-        job_id=plan.job_id, records=loop.records, seconds=time.monotonic() - started,
+        job_id=plan.job_id, records=list(loop.queue.troubled),
+        seconds=time.monotonic() - started,
         output_dir=output.repo_dir, outcome=outcome, problems=problems,
         input_bytes=fs.stats.bytes_read, input_files=len(fs.stats.files_opened),
-        restarts=restarts, skipped=plan.skipped, earlier=plan.earlier, stopped_by=stopped_by,
-        workers=[(w.attempts, w.busy_seconds) for w in loop.workers],
+        restarts=restarts, skipped=plan.skipped + plan.earlier_skipped, earlier=plan.earlier,
+        stopped_by=stopped_by, workers=[(w.attempts, w.busy_seconds) for w in loop.workers],
+        counts={s: loop.queue.count(s) for s in DatumState}, earlier_counts=plan.earlier_counts,
+        listed=plan.listed,
     )
     if report.count(DatumState.FAILED) and outcome == "success":
         report.outcome = "failed"
@@ -474,7 +430,7 @@ def _only_run_error(group: BaseExceptionGroup) -> RunError | None:
     return match if isinstance(match, RunError) else None
 
 
-def preflight(spec: PipelineSpec, repos: Mapping[str, RepoIndex], opts: RunOptions) -> None:
+def preflight(spec: PipelineSpec, repos: Mapping[str, RepoSource], opts: RunOptions) -> None:
     """Refuse, with StartError, a run that could only fail later (see preflight.py)."""
     check_port(opts.port)
     check_mountpoint_outside(opts.mountpoint, opts.data_dir, spec.location, repos.keys())
@@ -537,7 +493,7 @@ async def _serve(
     for w in range(n):
         peers[w].follow(functools.partial(sup.live_pids, w),
                         others=functools.partial(_other_workers_pids, sup, w))
-    console.start_progress(len(loop.records), n)
+    console.start_progress(None, n)  # the total is known once the listing ends
     interrupted: list[str] = []
     outcome = "killed"
     stopped_by = ""

@@ -79,7 +79,8 @@ class Supervisor:
         """Process every datum; returns "success" when the loop completed, else "failed"."""
         t = self.spec.transform
         self.loop.configure(self.env, self._run_err_cmd if t.err_cmd else None, t.env)
-        if not self.loop.records:
+        # Datums arrive while the repos are listed: the user code starts with the first.
+        if not await self.loop.has_work():
             log.info("no datum needs to run; the user code is not started")
             return "success"
         async with trio.open_nursery() as nursery:

@@ -38,7 +38,7 @@ from pfsmount.outlinks import DatumFiles, materialize
 from pfsmount.output import OutputConflict, OutputRepo, small_listing
 from pfsmount.queue import FINAL_STATES, DatumQueue, DatumRecord, DatumState
 from pfsmount.reply import Reply, WorkerGone, WorkerRefused
-from pfsmount.store.local import RepoIndex
+from pfsmount.store.base import RepoSource
 from pfsmount.view import View, build_view, empty_view, set_env_file
 
 log = logging.getLogger(__name__)
@@ -47,6 +47,10 @@ log = logging.getLogger(__name__)
 HIDDEN_ENV = frozenset({"POSTGRES_PASSWORD"})
 # Inherited variables that belong to every datum's env (the worker's own, in Pachyderm).
 DATUM_ENV_PREFIXES = ("PPS_", "PACH_")
+# Datums listed ahead of the workers: enough that no worker waits for the listing, few
+# enough that memory stays flat however large the repo.
+FEED_AHEAD = 10_000
+FEED_POLL = 0.01
 
 
 __all__ = ["FINAL_STATES", "Bridge", "DatumLoop", "DatumRecord", "DatumState", "Worker"]
@@ -149,7 +153,7 @@ class DatumLoop:
     def __init__(
         self,
         datums: Sequence[Datum],
-        repos: Mapping[str, RepoIndex],
+        repos: Mapping[str, RepoSource],
         fs: PfsOperations,
         output: OutputRepo,
         mountpoint: str,
@@ -159,8 +163,10 @@ class DatumLoop:
         batching: bool = True,
         workers: int = 1,
         on_progress: Callable[[DatumLoop], None] = lambda loop: None,
+        listing: bool = False,
     ) -> None:
-        self.queue = DatumQueue(datums)
+        # `listing`: more datums come through `feed` until `end_listing`.
+        self.queue = DatumQueue(datums, complete=not listing)
         self.repos = repos
         self.fs = fs
         self.output = output
@@ -214,9 +220,40 @@ class DatumLoop:
 
     # ----- the job's end ----------------------------------------------------------------
 
+    # ----- datums arriving while the repos are listed ------------------------------------
+
+    async def feed(self, datums: Sequence[Datum]) -> bool:
+        """Queue a batch of listed datums; waits while `FEED_AHEAD` datums already wait.
+
+        False when the loop is closed (the producer stops listing).
+        """
+        while self.queue.waiting >= FEED_AHEAD and not self.closed:
+            await trio.sleep(FEED_POLL)  # until workers have taken some
+        if self.closed:
+            return False
+        self.queue.add(datums)
+        self.poke()
+        self.progress()
+        return True
+
+    def end_listing(self) -> None:
+        """Every datum has been fed: the job can finish once they have run."""
+        self.queue.complete = True
+        self.check_finished()
+        self.poke()
+        self.progress()
+
+    async def has_work(self) -> bool:
+        """Wait for the first datum, or the end of an empty listing; True if there is one."""
+        while self.queue.total == 0 and not self.queue.complete and not self.closed:
+            await self.wait_for_work()
+        return self.queue.total > 0
+
     def check_finished(self) -> bool:
-        """Set `finished` once nothing waits and no worker holds a datum; True if so."""
-        if not self.finished.is_set() and self.queue.empty and all(w.idle for w in self.workers):
+        """Set `finished` once the listing is complete, nothing waits and no worker holds a
+        datum; True if so."""
+        if (not self.finished.is_set() and self.queue.complete and self.queue.empty
+                and all(w.idle for w in self.workers)):
             self.finished.set()
             self.poke()
         return self.finished.is_set()
@@ -329,6 +366,9 @@ class DatumLoop:
             record.output_files = 0
             log.warning("datum %s failed: %s", datum_id[:12], error)
             self.progress()
+        # Committed: nothing needs these records any more (the hasher asked before).
+        for datum_id in self.output.drain_committed():
+            self.queue.release(datum_id)
 
 
 class Worker:
