@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import stat
 import subprocess
 import tempfile
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from support import PY, write_spec
+from support import PY, batching_spec, finish, start_pfsmount, write_spec
 
 DIRS, PER_DIR = 1000, 1000
 
@@ -81,3 +82,39 @@ def test_million_files_first_line_at_once_and_flat_memory(million: Path) -> None
     assert out == b"%d\n" % (DIRS * PER_DIR)
     assert peak < 200, f"list-datums --count of 1M files peaked at {peak:.0f} MB"
     print(f"1M files: first line {first_at:.2f}s, count in {total:.1f}s, peak {peak:.0f} MB")
+
+
+def _vm_peak_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM")
+
+
+def test_million_files_run_reaches_the_first_datum_at_once(million: Path, tmp_path: Path
+                                                          ) -> None:
+    mark = tmp_path / "first"
+    mnt = tmp_path / "mnt"
+    spec = write_spec(tmp_path / "run.yaml", batching_spec(
+        "p", {"pfs": {"repo": "big", "glob": "/*/*"}},
+        ["sh", "-c", f"pachctl next datum && cp {mnt}/.env {mark}.tmp && mv {mark}.tmp {mark} "
+                     "&& exec sleep 600"]))
+    start = time.monotonic()
+    proc = start_pfsmount(spec, million, mnt)
+    try:
+        while not mark.exists():
+            assert proc.poll() is None, proc.communicate()[1]
+            assert time.monotonic() - start < 30, "no first datum after 30 s"
+            time.sleep(0.02)
+        first_at = time.monotonic() - start
+        peak = _vm_peak_mb(proc.pid)
+    finally:
+        os.kill(proc.pid, signal.SIGTERM)
+        done = finish(proc, mnt)
+    assert "big=" in mark.read_text() and "/d0000/f0000" in mark.read_text()
+    assert done.returncode == 143, done.err
+    # Before: ~11 s and ~1.2 GB for 1M files. Generous bounds for a loaded machine.
+    assert first_at < 8, f"first datum after {first_at:.1f}s"
+    assert peak < 250, f"pfsmount peaked at {peak:.0f} MB before its first datum"
+    print(f"1M files: first datum in user code after {first_at:.2f}s, peak {peak:.0f} MB")
