@@ -44,12 +44,16 @@ class Sizes:
     swap_files: int
     swap_datums: int
     scale_files: int
+    # Issue 18: repos of empty files in directories of 1,000 (`--scale-trees` overrides).
+    scale_trees: tuple[int, ...] = ()
 
 
 FULL = Sizes(datums=2000, datum_bytes=1024, big_bytes=1024 * MIB, small_files=10_000,
-             small_bytes=4096, swap_files=10_000, swap_datums=4, scale_files=100_000)
+             small_bytes=4096, swap_files=10_000, swap_datums=4, scale_files=100_000,
+             scale_trees=(1_000_000, 10_000_000))
 QUICK = Sizes(datums=50, datum_bytes=1024, big_bytes=8 * MIB, small_files=200,
-              small_bytes=4096, swap_files=200, swap_datums=3, scale_files=1000)
+              small_bytes=4096, swap_files=200, swap_datums=3, scale_files=1000,
+              scale_trees=(2000,))
 
 
 @dataclass

@@ -241,8 +241,39 @@ def _render_scale(r: Mapping[str, Any]) -> tuple[str, list[str]]:
          f"{whole['rate_first_tenth']:,.0f} / {whole['rate_last_tenth']:,.0f}"],
         ["`pfsmount list-datums`", f"{r['list_datums_seconds']:.2f} s"],
     ]
-    return (f"Scale: repo of {r['files']:,} files, glob {r['glob']}",
-            table(["measurement", "value"], rows))
+    lines = table(["measurement", "value"], rows)
+    trees = r.get("trees") or []
+    if trees:
+        lines += ["", *_tree_table(trees)]
+    return (f"Scale: repo of {r['files']:,} files, glob {r['glob']}", lines)
+
+
+def _tree_table(trees: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Issue 18: how start time and memory grow with the repo (they should not)."""
+    def whole(t: Mapping[str, Any]) -> str:
+        w = t["whole_job"]
+        done = ("all" if w["finished"]
+                else f"{w['datums_handed_out']:,} in {w['window_seconds']:.0f} s")
+        return f"{w['datums_per_second']:,.0f}/s ({done})"
+
+    rows = [
+        ["first datum in user code (first run)",
+         *(f"{t['first_datum_seconds']:.2f} s" for t in trees)],
+        ["peak memory up to the first datum",
+         *(f"{t['peak_rss_mb_to_first_datum']:.0f} MB" for t in trees)],
+        ["first datum, ledger holds datums (sweep pass first)",
+         *(f"{t['second_run']['first_datum_seconds']:.2f} s" for t in trees)],
+        ["`list-datums --json`: first line",
+         *(f"{t['list_datums_first_line_seconds']:.2f} s" for t in trees)],
+        ["`list-datums --json`: all / peak memory",
+         *(f"{t['list_datums_seconds']:.1f} s / {t['list_datums_peak_rss_mb']:.0f} MB"
+           for t in trees)],
+        ["whole job, empty user code", *(whole(t) for t in trees)],
+        ["peak memory, whole job", *(f"{t['whole_job']['peak_rss_mb']:.0f} MB" for t in trees)],
+        ["ledger size after it", *(f"{t['whole_job']['ledger_mb']:.0f} MB" for t in trees)],
+    ]
+    return table(["streamed datums, glob /*/*",
+                  *(f"{t['files']:,} files ({t['dirs']:,} dirs)" for t in trees)], rows)
 
 
 RENDERERS: dict[str, Callable[[Mapping[str, Any]], tuple[str, list[str]]]] = {

@@ -23,6 +23,7 @@ from benchlib.procs import (
     run_direct,
     run_pfsmount,
 )
+from benchlib.scale import scale_trees
 
 # The user program of pfsmount without datum batching, started once per datum: the same work
 # as workload.handle_datum, inlined so the process imports nothing but os and time.
@@ -296,6 +297,7 @@ def scale(ctx: Context) -> dict[str, Any]:
         "list_datums_seconds": statistics.median(listing),
         "runs": firsts,
         "list_datums_runs": listing,
+        "trees": scale_trees(ctx, ctx.sizes.scale_trees),
     }
 
 

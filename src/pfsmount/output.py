@@ -120,12 +120,27 @@ class OutputRepo:
         nor the recorded ones are ever held in memory together.
         """
         self.ledger.mark_seen(datum_ids)
-        gone = self.ledger.unseen_datums()
-        if not gone:
-            return 0
-        intents = [Intent("del", path) for d in gone for path in self.ledger.outputs_of(d)]
-        self._settle(intents, self.ledger.forget_datums(gone, intents))
-        self._index = None
+        return self.forget_unseen()
+
+    def forget_unseen(self) -> int:
+        """Remove the outputs of the recorded datums not marked seen (`Ledger.mark_seen`).
+
+        Safe while the job commits: it runs as a group commit of its own (one at a time
+        with the flushes), and a datum of this job that wrote a path a vanished datum owned
+        waited for this (see `worker.Worker._close_attempt`).
+        """
+        with self._flush_lock:
+            gone = self.ledger.unseen_datums()
+            if not gone:
+                return 0
+            intents = [Intent("del", path) for d in gone for path in self.ledger.outputs_of(d)]
+            seqs = self.ledger.forget_datums(gone, intents)
+            with self._lock:
+                if self._index is not None:
+                    # Updated here, not reloaded: a reload could land on the trio thread.
+                    for it in intents:
+                        self._index.remove(it.path)
+            self._settle(intents, seqs)
         return len(gone)
 
     def load_index(self) -> None:

@@ -1,12 +1,12 @@
 """Which datums a run takes, decided while the repos are listed.
 
-`begin_job` does what must precede the first datum and needs no listing: recovery, the job's
-id (a new one, or the interrupted job's), and, when the ledger remembers datums, the sweep
-of those the input no longer produces. `Producer` then runs in a thread beside the job: it
-reads the datum stream, plans each batch against the ledger (indexed lookups: finished in
-the interrupted job? processed before with the same hash?), hands the datums to run to the
-loop over a bounded queue (`DatumLoop.feed`) and, when the stream ends, tells the loop and
-the ledger the total. Nothing here holds more than a batch of datums.
+`begin_job` does what must precede the first datum and needs no listing: recovery, and the
+job's id (a new one, or the interrupted job's). `Producer` then runs in a thread beside the
+job: it reads the datum stream, plans each batch against the ledger (indexed lookups:
+finished in the interrupted job? processed before with the same hash?), marks the batch's
+ids seen, hands the datums to run to the loop over a bounded queue (`DatumLoop.feed`) and,
+when the stream ends, sweeps the recorded datums it never saw (their outputs go), then tells
+the ledger and the loop the total. Nothing here holds more than a batch of datums.
 
 `planned` is the one place where a datum is taken or left out of this run's stream (the
 place a shard filter belongs).
@@ -38,6 +38,9 @@ log = logging.getLogger(__name__)
 
 PLAN_BATCH = 1000  # datums per ledger lookup and per hand-over to the loop
 BATCH_SECONDS = 0.05  # longest a listed datum waits for its batch to fill
+# Fewer datums than this waiting in the loop: each datum is handed over as it is listed, so
+# workers never wait behind a batch while the listing is slow to produce the next datum.
+LOW_WATER = 64
 
 DatumStream = Callable[[], Iterator[Datum]]
 
@@ -58,6 +61,8 @@ class Plan:
     listed: int = 0  # datums the stream produced so far
     complete: bool = False  # the stream has ended
     problem: str = ""  # why the stream stopped early
+    sweep: bool = False  # mark listed ids, and forget the unmarked once the listing ends
+    forgotten: int = 0  # datums the sweep found gone
 
     @property
     def resumed(self) -> int:
@@ -69,23 +74,17 @@ def planned(datums: Iterable[Datum]) -> Iterator[Datum]:
     return iter(datums)
 
 
-def begin_job(spec: PipelineSpec, stream: DatumStream, output: OutputRepo, ledger: Ledger,
-              spec_hash: str) -> Plan:
-    """Recover from a crash, forget vanished datums, and open the job (blocking I/O)."""
+def begin_job(spec: PipelineSpec, output: OutputRepo, ledger: Ledger, spec_hash: str) -> Plan:
+    """Recover from a crash and open the job (blocking I/O)."""
     redone = output.recover()
     if redone:
         log.info("finished %d output change(s) that an earlier crash interrupted", redone)
     output.clear_staging()
-    if ledger.has_datums():
-        # Before any datum commits: a datum of this job may write a path a vanished one
-        # owned. The ids are marked in the ledger as one pass over the listing produces
-        # them (memory stays flat); a first run has nothing to forget and skips the pass.
-        gone = output.forget_missing(d.id for d in planned(stream()))
-        if gone:
-            log.info("removed the outputs of %d datum(s) that no longer exist", gone)
     interrupted = ledger.interrupted_job()
     job_id = interrupted["job_id"] if interrupted else uuid.uuid4().hex
-    plan = Plan(job_id, interrupted is not None)
+    # Datums the ledger remembers and the input no longer produces lose their outputs: the
+    # ids the listing produces are marked in the ledger, the others swept when it ends.
+    plan = Plan(job_id, interrupted is not None, sweep=ledger.has_datums())
     if interrupted:
         counts = ledger.state_counts(job_id)
         plan.earlier_counts = {s: counts.get(s.value, 0) for s in (
@@ -104,6 +103,8 @@ def plan_batch(plan: Plan, batch: Sequence[Datum], spec: PipelineSpec,
                output: OutputRepo) -> list[Datum]:
     """The datums of `batch` that must run; registers the batch's rows for the next flush."""
     ids = [d.id for d in batch]
+    if plan.sweep:
+        ledger.mark_seen(ids)
     finished = ledger.done_in_job_of(plan.job_id, ids) if plan.resuming else {}
     processed = ledger.processed_hashes_of(ids) if spec.reprocess_spec != "every_job" else {}
     to_run: list[Datum] = []
@@ -175,8 +176,8 @@ class Producer:
                     return
                 batch.append(datum)
                 plan.listed += 1
-                # The first datum goes at once; then batches, never held for long.
-                if (plan.listed == 1 or len(batch) >= PLAN_BATCH
+                # Batches when the loop has datums to spare, never held for long.
+                if (len(batch) >= PLAN_BATCH or self._loop.waiting < LOW_WATER
                         or time.monotonic() - since >= BATCH_SECONDS):
                     if not self._hand_over(batch, token):
                         return
@@ -184,8 +185,13 @@ class Producer:
                     since = time.monotonic()
             if batch and not self._hand_over(batch, token):
                 return
-            plan.complete = True
             self._ledger.set_total(plan.job_id, plan.listed)
+            if plan.sweep:
+                plan.forgotten = self._output.forget_unseen()
+                if plan.forgotten:
+                    log.info("removed the outputs of %d datum(s) that no longer exist",
+                             plan.forgotten)
+            plan.complete = True
         except (SpecError, StoreError, OSError, LedgerError) as exc:
             if self._stop.is_set():
                 return
@@ -209,6 +215,8 @@ class Producer:
 
 class _Feedable:
     """What `Producer` needs of the loop (`worker.DatumLoop`)."""
+
+    waiting: int  # datums queued and not yet taken (read from the producer's thread)
 
     async def feed(self, datums: Sequence[Datum]) -> bool: ...
     def end_listing(self) -> None: ...

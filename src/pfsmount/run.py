@@ -298,7 +298,7 @@ async def _locked_job(
         raise RunError(str(exc)) from None
     output = OutputRepo(opts.data_dir, spec.location, ledger)
     try:
-        plan = await trio.to_thread.run_sync(begin_job, spec, datums, output, ledger, spec_hash)
+        plan = await trio.to_thread.run_sync(begin_job, spec, output, ledger, spec_hash)
     except (LedgerError, SpecError, StoreError) as exc:
         ledger.close()
         raise RunError(str(exc)) from None

@@ -183,6 +183,9 @@ class DatumLoop:
         self._prefetch: _Prefetch | None = None
         self.closed = False
         self.finished = trio.Event()  # every datum has reached a final state
+        self.listing_ended = trio.Event()  # no datum will be fed any more
+        if not listing:
+            self.listing_ended.set()
         self._work_changed = trio.Event()  # a retry came back, the job finished or closed
         self.workers = [Worker(w, self) for w in range(workers)]
 
@@ -222,6 +225,11 @@ class DatumLoop:
 
     # ----- datums arriving while the repos are listed ------------------------------------
 
+    @property
+    def waiting(self) -> int:
+        """Datums queued and not yet taken (the producer reads it from its thread: an int)."""
+        return self.queue.waiting
+
     async def feed(self, datums: Sequence[Datum]) -> bool:
         """Queue a batch of listed datums; waits while `FEED_AHEAD` datums already wait.
 
@@ -239,6 +247,7 @@ class DatumLoop:
     def end_listing(self) -> None:
         """Every datum has been fed: the job can finish once they have run."""
         self.queue.complete = True
+        self.listing_ended.set()
         self.check_finished()
         self.poke()
         self.progress()
@@ -276,6 +285,7 @@ class DatumLoop:
     def close(self) -> None:
         """Refuse every further call (the job is ending)."""
         self.closed = True
+        self.listing_ended.set()  # a datum waiting for the listing's end waits no more
         self.poke()
 
     def retry(self, record: DatumRecord) -> None:
@@ -542,7 +552,18 @@ class Worker:
         self.busy_seconds += elapsed
         if not error:
             try:
-                record.output_files = await self._stage_success(record, cur)
+                try:
+                    record.output_files = await self._stage_success(record, cur)
+                except OutputConflict:
+                    if job.queue.complete:
+                        raise
+                    # The other owner may be a datum the input no longer produces, whose
+                    # outputs go only once the listing has ended (`plan.Producer`).
+                    await job.listing_ended.wait()
+                    if job.closed:
+                        # Left as it is: `drop` puts the datum back for a resume.
+                        raise WorkerGone("the job is over: pfsmount is shutting down") from None
+                    record.output_files = await self._stage_success(record, cur)
             except OutputConflict as exc:
                 # Deterministic: another try would write the same path again.
                 self._current = None
