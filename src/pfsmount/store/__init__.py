@@ -2,8 +2,8 @@
 
 `open_repo` picks the store from the data location: `s3://BUCKET[/PREFIX]` is a bucket,
 anything else a local directory. Both return a `RepoSource` (see store/base.py): a local
-directory is streamed (`LocalRepo`: listed while datums are produced), an S3 prefix is listed
-whole first (`S3Repo`, a `RepoListing`).
+directory or an S3 prefix is streamed (`LocalRepo`, `S3Stream`: listed in the same order while
+datums are produced).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def open_repo(data: str, repo: str, project: str = DEFAULT_PROJECT) -> RepoSourc
         # Imported here: the S3 clients cost ~0.3 s to import, and local runs never need them.
         from pfsmount.store import s3
 
-        return s3.bucket_for(data).open_repo(repo, project)
+        return s3.bucket_for(data).open_stream(repo, project)
     from pfsmount.store import local
 
     return local.open_stream(data, repo, project)

@@ -28,13 +28,13 @@ import stat
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from pfsmount.store.base import Entry, RepoListing, StoreError
+from pfsmount.store.base import Entry, RepoListing, RepoSource, StoreError, digest_entries
 from pfsmount.store.local import DEFAULT_PROJECT, check_repo_name, repo_location
 
 __all__ = ["S3Location", "bucket_for", "parse_location"]
@@ -155,6 +155,63 @@ class Bucket:
         log.debug("listed repo %s: %d entries from %s", label, len(entries), url)
         return listing
 
+    def open_stream(self, repo: str, project: str = DEFAULT_PROJECT) -> S3Stream:
+        """Open repo `repo` of `project` for a streamed listing; `StoreError` if it has no
+        files. Lists its top level now (the commit) and walks only to the first file."""
+        check_repo_name(project, repo)
+        label = repo if project == DEFAULT_PROJECT else f"{project}/{repo}"
+        prefix = f"{self.location.prefix}{repo_location(project, repo)}/"
+        url = f"s3://{self.location.bucket}/{prefix}"
+        try:
+            top, mtime = self.list_level(label, url, prefix, "")
+            stream = S3Stream(label, url, self, prefix, top, mtime)
+            if not any(e.is_file for e in stream.walk()):
+                raise StoreError(f"repo {label!r} not found or empty: {url} holds no files "
+                                 "(upload the input files under that prefix, or fix --data)")
+        except StoreError:
+            raise
+        except Exception as exc:
+            raise StoreError(f"repo {label!r}: {self._explain(exc)}") from None
+        return stream
+
+    def list_level(self, label: str, url: str, key_prefix: str, path: str
+               ) -> tuple[list[tuple[str, Entry | None]], int]:
+        """One directory's children, sorted by name: (name, its entry, or None for a
+        directory not listed yet), and the directory's mtime (its marker's, else its newest
+        object's, else 0)."""
+        files: dict[str, Entry] = {}
+        dirs: set[str] = set()
+        marker = 0
+        paginator = self._client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.location.bucket, Prefix=key_prefix,
+                                       Delimiter="/"):
+            for obj in page.get("Contents", ()):
+                name = obj["Key"][len(key_prefix):]
+                if not name:
+                    marker = _ns(obj["LastModified"])  # the directory's own "dir/" marker
+                elif name in (".", ".."):
+                    log.warning("repo %s: skipping %s%s: a key with an empty, '.' or '..' "
+                                "part is no file path", label, url, (path + "/" + name)[1:])
+                else:
+                    files[name] = Entry(f"{path}/{name}", FILE_MODE, obj["Size"],
+                                        _ns(obj["LastModified"]), -1, -1, etag=obj["ETag"])
+            for common in page.get("CommonPrefixes", ()):
+                name = common["Prefix"][len(key_prefix):-1]
+                if name in ("", ".", ".."):
+                    log.warning("repo %s: skipping %s%s/...: a key with an empty, '.' or '..' "
+                                "part is no file path", label, url, (path + "/" + name)[1:])
+                else:
+                    dirs.add(name)
+        for name in sorted(dirs & files.keys()):
+            log.warning("repo %s: skipping object %s%s: its name is also a directory", label,
+                        url, (path + "/" + name)[1:])
+            del files[name]
+        items: list[tuple[str, Entry | None]] = [(n, None) for n in dirs]
+        items += files.items()
+        items.sort(key=_by_name)
+        newest = max((e.mtime_ns for e in files.values()), default=0)
+        return items, marker or newest
+
     def _list(self, prefix: str):
         paginator = self._client.get_paginator("list_objects_v2")
         for page in paginator.paginate(Bucket=self.location.bucket, Prefix=prefix):
@@ -237,8 +294,62 @@ def _entries(label: str, url: str, objects: list[tuple[str, int, str, datetime]]
     return list(entries.values())
 
 
+def _by_name(item: tuple[str, Entry | None]) -> str:
+    return item[0]
+
+
 def _ns(when: datetime) -> int:
     return int(when.timestamp() * 1_000_000_000)
+
+
+class S3Stream(RepoSource):
+    """One repo prefix of a bucket, listed as it is walked: one delimited listing per
+    directory (sorted by name, so the order is a local repo's), nothing held but the levels
+    of the current path. Files are read in ranged GETs, as `S3Repo`'s."""
+
+    def __init__(self, name: str, root: str, bucket: Bucket, prefix: str,
+                 top: list[tuple[str, Entry | None]], mtime: int) -> None:
+        self.name = name
+        self.root = root
+        self.bucket = bucket
+        self._prefix = prefix
+        self._top = top
+        self._root_entry = Entry("/", DIR_MODE, 0, mtime, -1, -1)
+        # Known before the walk: the top level's names, and its objects' sizes and ETags.
+        self.commit = digest_entries(
+            [self._root_entry, *(e if e is not None else Entry("/" + n, DIR_MODE, 0, 0)
+                                 for n, e in top)], digest_size=16)
+
+    def __repr__(self) -> str:
+        return f"S3Stream({self.name!r}, {self.root!r})"
+
+    def walk(self) -> Iterator[Entry]:
+        yield self._root_entry
+        stack = [(iter(self._top), "", self._root_entry.mtime_ns)]
+        while stack:
+            items, path, parent_mtime = stack[-1]
+            item = next(items, None)
+            if item is None:
+                stack.pop()
+                continue
+            name, entry = item
+            if entry is not None:
+                yield entry
+                continue
+            child = f"{path}/{name}"
+            level, mtime = self.bucket.list_level(self.name, self.root,
+                                                  f"{self._prefix}{child[1:]}/", child)
+            # A directory with neither marker nor objects of its own shows its parent's time.
+            yield Entry(child, DIR_MODE, 0, mtime or parent_mtime, -1, -1)
+            stack.append((iter(level), child, mtime or parent_mtime))
+
+    def source(self, path: str) -> str:
+        return self.root + path.lstrip("/")
+
+    def open_reader(self, entry: Entry) -> ObjectReader:
+        # Nothing is fetched: opening a file must not cost a round trip.
+        return ObjectReader(self.bucket, self._prefix + entry.path.lstrip("/"), entry.size,
+                            entry.etag)
 
 
 class S3Repo(RepoListing):
