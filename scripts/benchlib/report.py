@@ -261,7 +261,7 @@ def _tree_table(trees: Sequence[Mapping[str, Any]]) -> list[str]:
          *(f"{t['first_datum_seconds']:.2f} s" for t in trees)],
         ["peak memory up to the first datum",
          *(f"{t['peak_rss_mb_to_first_datum']:.0f} MB" for t in trees)],
-        ["first datum, ledger holds datums (sweep pass first)",
+        ["first datum, resuming that stopped job (its datums skipped)",
          *(f"{t['second_run']['first_datum_seconds']:.2f} s" for t in trees)],
         ["`list-datums --json`: first line",
          *(f"{t['list_datums_first_line_seconds']:.2f} s" for t in trees)],

@@ -5,8 +5,8 @@ time to make it is not counted), glob `/*/*`. Per size: the time from `pfsmount 
 first datum in user code and pfsmount's peak memory until then (a first run: no ledger);
 `list-datums --json` first-line latency, total time and peak memory; a whole job with user
 code that does nothing, stopped after `scale_window` seconds (datums/s, peak memory, ledger
-size); and the first datum again once the ledger remembers datums (a second run lists the
-repo once more first, to sweep datums that no longer exist).
+size); and the first datum of the next run, which resumes that stopped job: the datums it
+finished are listed and left out (indexed ledger lookups) before the first one left to run.
 """
 
 from __future__ import annotations
