@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import os
@@ -308,14 +309,12 @@ def _print_datums(args: argparse.Namespace, console: Console, _spec: PipelineSpe
     if args.count:
         sys.stdout.write(f"{sum(1 for _ in datums)}\n")
         return EXIT_OK
-    states: dict[str, dict] = {}
     if args.job is not None:
         args.pipeline = args.spec
         found = _find_job(args, console, args.job)
         if found is None:
             return EXIT_USAGE
         ledger, job = found
-        states = {d["datum_id"]: d for d in ledger.job_datums(job["job_id"])}
     out = sys.stdout
     if args.job is None:
         from pfsmount.listing import print_datums
@@ -326,17 +325,21 @@ def _print_datums(args: argparse.Namespace, console: Console, _spec: PipelineSpe
             # `pfsmount list-datums ... | head`: the reader left early; not an error.
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_OK
-    for d in datums:
-        rec = states.get(d.id)
-        if args.json:
-            record = {"id": d.id, "inputs": [_json_input(i) for i in d.inputs]}
-            if rec is not None:
-                record.update(state=rec["state"], attempts=rec["attempts"], error=rec["error"])
-            out.write(json.dumps(record) + "\n")
-            continue
-        state = f"{rec['state'] if rec else 'not in job':10}  " if args.job is not None else ""
-        out.write(f"{d.id}  {state}"
-                  + "  ".join(f"{i.name}:{display(i.path)}" for i in d.inputs) + "\n")
+    # The job's states are looked up per batch of listed datums (the primary key), never
+    # loaded whole: a job may hold millions.
+    while batch := list(itertools.islice(datums, 1000)):
+        states = ledger.job_datum_states_of(job["job_id"], [d.id for d in batch])
+        for d in batch:
+            rec = states.get(d.id)
+            if args.json:
+                record = {"id": d.id, "inputs": [_json_input(i) for i in d.inputs]}
+                if rec is not None:
+                    record.update(state=rec[0], attempts=rec[1], error=rec[2])
+                out.write(json.dumps(record) + "\n")
+                continue
+            out.write(f"{d.id}  {rec[0] if rec else 'not in job':10}  "
+                      + "  ".join(f"{i.name}:{display(i.path)}" for i in d.inputs) + "\n")
+        out.flush()
     return EXIT_OK
 
 

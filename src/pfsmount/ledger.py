@@ -294,12 +294,22 @@ class Ledger:
                               "datum_id IN ({})", (job_id,), datum_ids)
         return {d: state for d, state in states.items() if state in DONE_STATES}
 
-    def _lookup(self, sql: str, args: Sequence[Any], ids: Sequence[str]) -> dict[str, Any]:
+    def job_datum_states_of(self, job_id: str, datum_ids: Sequence[str]
+                            ) -> dict[str, tuple[str, int, str]]:
+        """(state, attempts, error) in `job_id` of these datums (those it holds)."""
+        rows = self._lookup("SELECT datum_id, state, attempts, error FROM job_datums "
+                            "WHERE job_id = ? AND datum_id IN ({})", (job_id,), datum_ids,
+                            rows=True)
+        return rows
+
+    def _lookup(self, sql: str, args: Sequence[Any], ids: Sequence[str], *,
+                rows: bool = False) -> dict[str, Any]:
+        """id -> the second column (or, with `rows`, the rest of the row) for these ids."""
         found: dict[str, Any] = {}
         for i in range(0, len(ids), LOOKUP_BATCH):
             batch = ids[i:i + LOOKUP_BATCH]
-            found.update(self._query(sql.format(", ".join("?" * len(batch))),
-                                     (*args, *batch)))
+            for row in self._query(sql.format(", ".join("?" * len(batch))), (*args, *batch)):
+                found[row[0]] = tuple(row[1:]) if rows else row[1]
         return found
 
     # Deleted-datum detection without holding every id: the ids a job's input produces are
