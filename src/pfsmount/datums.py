@@ -3,7 +3,7 @@
 Datum order (deterministic, so a job's datums and their ids are the same on every run over the
 same repos):
 
-- `pfs`: matching entries in repo listing order (`RepoListing.entries`: a directory comes right
+- `pfs`: matching entries in repo listing order (`RepoSource.walk`: a directory comes right
   before its contents). Files and directories both match; the root only for the glob "/".
 - `cross`: the cartesian product, first child outermost; a datum's inputs in child order.
 - `union`: the children's datums one after the other.
@@ -257,8 +257,7 @@ def _cross(children: Sequence[Input], repos: Mapping[str, RepoSource]) -> Iterat
 
     The first child streams; every other child is replayed once per combination of the
     children before it, so it is recorded on its first pass (`Replay`: memory, then a
-    temporary file). All children but the first are opened before the first datum: an empty
-    one means no datums at all, as `itertools.product` says.
+    temporary file). An empty child means no datums at all, as `itertools.product` says.
     """
     inner = [Replay(_stream(child, repos)) for child in children[1:]]
     try:

@@ -221,8 +221,6 @@ class DatumLoop:
     def progress(self) -> None:
         self._on_progress(self)
 
-    # ----- the job's end ----------------------------------------------------------------
-
     # ----- datums arriving while the repos are listed ------------------------------------
 
     @property
@@ -257,6 +255,8 @@ class DatumLoop:
         while self.queue.total == 0 and not self.queue.complete and not self.closed:
             await self.wait_for_work()
         return self.queue.total > 0
+
+    # ----- the job's end ----------------------------------------------------------------
 
     def check_finished(self) -> bool:
         """Set `finished` once the listing is complete, nothing waits and no worker holds a
