@@ -22,6 +22,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import trio
 
@@ -213,7 +214,7 @@ class Producer:
         return trio.from_thread.run(self._loop.feed, to_run, trio_token=token)
 
 
-class _Feedable:
+class _Feedable(Protocol):
     """What `Producer` needs of the loop (`worker.DatumLoop`)."""
 
     waiting: int  # datums queued and not yet taken (read from the producer's thread)
