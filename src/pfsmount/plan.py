@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import queue
 import threading
 import time
 import uuid
@@ -39,9 +40,11 @@ log = logging.getLogger(__name__)
 
 PLAN_BATCH = 1000  # datums per ledger lookup and per hand-over to the loop
 BATCH_SECONDS = 0.05  # longest a listed datum waits for its batch to fill
-# Fewer datums than this waiting in the loop: each datum is handed over as it is listed, so
-# workers never wait behind a batch while the listing is slow to produce the next datum.
+# Fewer datums than this waiting in the loop: a batch goes after LOW_WATER_SECONDS instead of
+# BATCH_SECONDS, so workers hardly wait for a batch to fill, and a run of skipped datums is
+# still planned in batches, not one by one.
 LOW_WATER = 64
+LOW_WATER_SECONDS = 0.002
 
 DatumStream = Callable[[], Iterator[Datum]]
 
@@ -147,6 +150,7 @@ class Producer:
         self._loop = loop
         self._on_batch = on_batch
         self._stop = threading.Event()
+        self._quit = threading.Event()  # tells the reader thread to stop (see `_produce`)
         self._scope = trio.CancelScope()
         self.done = trio.Event()
 
@@ -165,21 +169,36 @@ class Producer:
     def stop(self) -> None:
         """The job is ending: list no further (on the trio thread)."""
         self._stop.set()
+        self._quit.set()
         self._scope.cancel()
 
     def _produce(self, token: trio.lowlevel.TrioToken) -> None:
         plan = self.plan
+        listed: queue.Queue[Datum | _End] = queue.Queue(maxsize=PLAN_BATCH)
+        # The listing runs in a thread of its own, so a batch is handed over on time even
+        # while the walk is slow to reach the next datum (a huge directory, a slow bucket).
+        reader = threading.Thread(target=self._read, args=(listed,), daemon=True,
+                                  name="pfsmount-listing")
+        reader.start()
         batch: list[Datum] = []
         since = time.monotonic()
         try:
-            for datum in planned(self._stream()):
-                if self._stop.is_set():
-                    return
-                batch.append(datum)
-                plan.listed += 1
-                # Batches when the loop has datums to spare, never held for long.
-                if (len(batch) >= PLAN_BATCH or self._loop.waiting < LOW_WATER
-                        or time.monotonic() - since >= BATCH_SECONDS):
+            while True:
+                # Held for BATCH_SECONDS at most, LOW_WATER_SECONDS while workers run short.
+                wait = LOW_WATER_SECONDS if self._loop.waiting < LOW_WATER else BATCH_SECONDS
+                try:
+                    item = listed.get(timeout=max(0.0, since + wait - time.monotonic())
+                                      if batch else None)
+                except queue.Empty:
+                    item = None
+                if isinstance(item, _End):
+                    if item.error is not None:
+                        raise item.error
+                    break
+                if item is not None:
+                    batch.append(item)
+                    plan.listed += 1
+                if batch and (item is None or len(batch) >= PLAN_BATCH or plan.listed == 1):
                     if not self._hand_over(batch, token):
                         return
                     batch = []
@@ -205,6 +224,28 @@ class Producer:
             if self._stop.is_set():
                 return  # the job ended under us (a closed ledger): nothing to report
             raise
+        finally:
+            self._quit.set()  # the reader, if still listing, stops at its next datum
+
+    def _read(self, listed: queue.Queue[Datum | _End]) -> None:
+        """Put every planned datum on `listed`, then an `_End` (with the error, if any)."""
+        end = _End()
+        try:
+            for datum in planned(self._stream()):
+                while not self._put(listed, datum):
+                    if self._quit.is_set():
+                        return
+        except Exception as exc:  # handed to the producer, which reports it
+            end.error = exc
+        while not self._put(listed, end) and not self._quit.is_set():
+            pass
+
+    def _put(self, listed: queue.Queue[Datum | _End], item: Datum | _End) -> bool:
+        try:
+            listed.put(item, timeout=0.1)
+        except queue.Full:
+            return False
+        return True
 
     def _hand_over(self, batch: list[Datum], token: trio.lowlevel.TrioToken) -> bool:
         if self._stop.is_set():
@@ -212,6 +253,13 @@ class Producer:
         to_run = plan_batch(self.plan, batch, self._spec, self._repos, self._ledger,
                             self._output)
         return trio.from_thread.run(self._loop.feed, to_run, trio_token=token)
+
+
+@dataclass
+class _End:
+    """The listing ended (`error`: why, when it stopped early)."""
+
+    error: Exception | None = None
 
 
 class _Feedable(Protocol):
