@@ -53,7 +53,7 @@ async def _job(data: Path, stream: Iterator[Datum] | None = None,
     return loop, fs, Producer(plan, SPEC, repos, datums, ledger, output, loop), ledger, output
 
 
-async def _write_and_next(loop: DatumLoop, fs: FakeFs, name: str, text: str) -> None:
+async def _write(fs: FakeFs, name: str, text: str) -> None:
     assert fs.out is not None
     Path(fs.out.staging, name).write_text(text)
 
@@ -68,7 +68,7 @@ async def test_a_renamed_input_takes_over_the_output_of_the_datum_that_vanished(
         nursery.start_soon(producer.run)
         worker = loop.workers[0]
         reply = await worker.next_datum("", own_client=True)
-        await _write_and_next(loop, fs, "summary", "old")
+        await _write(fs, "summary", "old")
         assert (await worker.next_datum("", own_client=True)).done
     await loop.flush()
     assert (data / "p" / "summary").read_text() == "old"
@@ -82,7 +82,7 @@ async def test_a_renamed_input_takes_over_the_output_of_the_datum_that_vanished(
         worker = loop.workers[0]
         reply = await worker.next_datum("", own_client=True)  # before the listing ended
         assert not loop.queue.complete
-        await _write_and_next(loop, fs, "summary", "new")
+        await _write(fs, "summary", "new")
         ended: list[bool] = []
 
         async def close_it() -> None:
@@ -109,7 +109,7 @@ async def test_records_are_released_once_committed_and_the_total_known_at_the_en
         (data / "r" / f"d{i:02}").mkdir(parents=True)
         (data / "r" / f"d{i:02}" / "f").write_text("x")
     gate = threading.Event()
-    loop, fs, producer, ledger, output = await _job(data, gate=gate)
+    loop, _fs, producer, ledger, output = await _job(data, gate=gate)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(producer.run)
         worker = loop.workers[0]
