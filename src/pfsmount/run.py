@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import pyfuse3
 import trio
 
+from pfsmount import mountinfo
 from pfsmount.console import Console, plural
 from pfsmount.datums import Datum, datum_hash
 from pfsmount.fs import PfsOperations
@@ -144,19 +145,8 @@ def prepare_mountpoint(path: str) -> None:
         )
 
 
-def _mount_type(path: str) -> str | None:
-    real = os.path.abspath(path)
-    with open("/proc/self/mountinfo", encoding="utf-8") as f:
-        for line in f:
-            fields = line.split()
-            sep = fields.index("-")
-            if fields[4].encode().decode("unicode_escape") == real:
-                return fields[sep + 1]
-    return None
-
-
 def _clear_stale_mount(path: str) -> None:
-    kind = _mount_type(path)
+    kind = mountinfo.fstype(path)
     if kind != "fuse.pfsmount":
         raise RunError(
             f"mountpoint {path} is a dead FUSE mount ({kind or 'unknown type'}); "
@@ -175,7 +165,7 @@ def _clear_stale_mount(path: str) -> None:
 
 def _clear_stale_session(path: str) -> None:
     """Unmount a worker session a killed run left at `path` (its run directory goes next)."""
-    if _mount_type(path) == "fuse.pfsmount":
+    if mountinfo.fstype(path) == "fuse.pfsmount":
         log.warning("%s is left over from a pfsmount that died; unmounting it", path)
         subprocess.run(["fusermount3", "-u", "-z", path], check=False, capture_output=True)
 
