@@ -69,6 +69,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help="let user code use this machine's /tmp instead of a private one")
     run.add_argument("--parallelism", type=_workers, default=None, metavar="N",
                      help="run N workers side by side (overrides parallelism_spec)")
+    run.add_argument("--shard", default=None, metavar="I/N",
+                     help="run only shard I of N of the job's datums (I counted from 0; auto/N "
+                          "takes I from $JOB_COMPLETION_INDEX, as in a Kubernetes Indexed Job; "
+                          "default: $PFSMOUNT_SHARDS=N does the same)")
+    run.add_argument("--job", default=None, metavar="NAME",
+                     help="the job's name, shared by all its shards (default: $PFSMOUNT_JOB; "
+                          "shards without one derive it from the spec and N)")
     run.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
     ls = sub.add_parser("list-datums", help="print the datums a pipeline would process")
@@ -102,6 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
     lg.add_argument("--job", default="", help="job id (prefix); default: the latest job")
     lg.add_argument("--datum", default="", help="only this datum (id prefix)")
     lg.add_argument("--failed", action="store_true", help="only failed or recovered datums")
+
+    from pfsmount.k8scli import add_k8s_parser
+
+    add_k8s_parser(sub)
 
     nd = sub.add_parser("next-datum",
                         help="(inside user code) finish this datum and wait for the next; "
@@ -207,6 +218,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_list_jobs(args, console)
         if args.command == "inspect-job":
             return _cmd_inspect_job(args, console)
+        if args.command == "k8s":
+            from pfsmount.k8scli import cmd_k8s
+
+            return cmd_k8s(args, console)
         if args.command == "dag":
             from pfsmount.dagcli import cmd_dag
 
@@ -356,6 +371,10 @@ def _cmd_run(args: argparse.Namespace, console: Console) -> int:
             return EXIT_USAGE
     if len(docs) == 1 and not args.watch:
         return run_pipeline(docs[0], data_dir, args, console)
+    if args.shard is not None or args.job is not None or os.environ.get("PFSMOUNT_SHARDS"):
+        console.error("--shard, $PFSMOUNT_SHARDS and --job run one pipeline's job; pass a "
+                      "single pipeline spec (run each pipeline of a DAG as its own sharded job)")
+        return EXIT_USAGE
     from pfsmount.dagcli import run_dag_command
     from pfsmount.store import is_remote
 
@@ -377,10 +396,19 @@ def run_pipeline(doc: SpecDocument, data_dir: str, args: argparse.Namespace,
     import trio
 
     from pfsmount.run import RunError, RunOptions, run_job
+    from pfsmount.shards import ShardError, job_for, parse_shard
 
     spec = doc.spec
     state_dir = _state_dir(args, console)
     if state_dir is None:
+        return EXIT_USAGE
+    try:
+        # A DAG step's child never shards: its parent's environment must not make it one.
+        shard = (parse_shard(getattr(args, "shard", None))
+                 if getattr(args, "dag_step", None) is None else None)
+        job_name = job_for(spec.location, doc.digest, shard, getattr(args, "job", None))
+    except ShardError as exc:
+        console.error(str(exc))
         return EXIT_USAGE
     opened = _open(spec, data_dir, console)
     if opened is None:
@@ -399,9 +427,11 @@ def run_pipeline(doc: SpecDocument, data_dir: str, args: argparse.Namespace,
         return EXIT_USAGE
     opts = RunOptions(data_dir=state_dir, workdir=workdir,
                       mountpoint=os.path.abspath(args.mountpoint), port=args.port,
-                      shared_tmp=args.shared_tmp, parallelism=args.parallelism)
-    console.info(f"{len(datums)} datums; mounting {opts.mountpoint}; running "
-                 f"{' '.join(spec.transform.cmd)}")
+                      shared_tmp=args.shared_tmp, parallelism=args.parallelism,
+                      shard=shard, job_name=job_name)
+    console.info(f"{len(datums)} datums"
+                 + (f" (shard {shard} of job {job_name} runs its share)" if shard else "")
+                 + f"; mounting {opts.mountpoint}; running {' '.join(spec.transform.cmd)}")
     try:
         report = trio.run(run_job, spec, repos, datums, opts, console, doc.digest)
     except RunError as exc:
@@ -481,7 +511,7 @@ def _summarize(report, console: Console, spec_path: str) -> int:
 
 
 def _cmd_logs(args: argparse.Namespace, console: Console) -> int:
-    from pfsmount.joblog import read_lines
+    from pfsmount.joblog import read_lines_at
 
     found = _find_job(args, console, args.job)
     if found is None:
@@ -498,24 +528,27 @@ def _cmd_logs(args: argparse.Namespace, console: Console) -> int:
                           f"'{args.datum}' (see `pfsmount list-datums`)")
             return EXIT_USAGE
         wanted = matches if wanted is None else wanted & matches
-    data_dir = _state_dir(args, console)
-    if data_dir is None:
-        return EXIT_USAGE
     out = sys.stdout
     damaged: list[int] = []
-    try:
-        for line in read_lines(data_dir, job["pipeline"], job["job_id"], damaged.append):
-            if wanted is not None and line.datum not in wanted:
-                continue
-            tag = f"{line.datum[:12] or '-':12} #{line.attempt}"
-            if line.source != "user":
-                tag += f" {line.source}"
-            out.write(f"[{tag} {line.stream}] {line.text}\n")
-    except FileNotFoundError:
+    found_any = False
+    # A sharded job has a log per shard: shown one shard after the other.
+    for path in ledger.log_paths(job["job_id"]):
+        try:
+            for line in read_lines_at(path, damaged.append):
+                found_any = True
+                if wanted is not None and line.datum not in wanted:
+                    continue
+                tag = f"{line.datum[:12] or '-':12} #{line.attempt}"
+                if line.source != "user":
+                    tag += f" {line.source}"
+                out.write(f"[{tag} {line.stream}] {line.text}\n")
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            console.error(f"cannot read the log of job {job['job_id'][:12]}: {exc}")
+            return EXIT_USAGE
+    if not found_any:
         console.info(f"job {job['job_id'][:12]} has no log: its user code never ran")
-    except OSError as exc:
-        console.error(f"cannot read the log of job {job['job_id'][:12]}: {exc}")
-        return EXIT_USAGE
     if damaged:
         from pfsmount.console import plural
 
@@ -526,8 +559,9 @@ def _cmd_logs(args: argparse.Namespace, console: Console) -> int:
 
 
 def _open_ledger(args: argparse.Namespace, console: Console):
-    from pfsmount.ledger import Ledger, LedgerError
-    from pfsmount.workspace import Workspace
+    """The pipeline's job records (`jobview.JobRecords`: every shard's, merged), or None."""
+    from pfsmount.jobview import JobRecords, has_records
+    from pfsmount.ledger import LedgerError
 
     data_dir = _state_dir(args, console)
     if data_dir is None:
@@ -535,13 +569,12 @@ def _open_ledger(args: argparse.Namespace, console: Console):
     pipeline = _pipeline_name(args.pipeline, console)
     if pipeline is None:
         return None
-    path = Workspace.of(data_dir, pipeline).ledger_path
-    if not os.path.exists(path):
+    if not has_records(data_dir, pipeline):
         console.error(f"no job of pipeline '{pipeline}' is recorded in {data_dir} "
                       "(run it first, or pass --data DIR)")
         return None
     try:
-        return Ledger(path)
+        return JobRecords(data_dir, pipeline)
     except LedgerError as exc:
         console.error(str(exc))
         return None
@@ -630,8 +663,16 @@ def _inspect_job(args: argparse.Namespace, console: Console, job_prefix: str) ->
     out = sys.stdout
     out.write(f"job       {job['job_id']}\nstate     {job['state']}\n"
               f"started   {_when(job['started'])}\nended     {_when(job['ended'])}\n")
+    if job.get("shards"):
+        out.write(f"shards    {len(job['shards'])} of {job['shard_count']} recorded: "
+                  + ", ".join(f"{shard.index} {row['state']}"
+                              for shard, row in sorted(job["shards"].items(),
+                                                       key=lambda item: item[0].index))
+                  + "\n")
     if job["message"]:
         out.write(f"problems  {job['message']}\n")
+    for conflict in job.get("conflicts", []):
+        out.write(f"conflict  {conflict}\n")
     out.write("datums    " + ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
               + f" (of {job['total']})\n")
     if timed:
@@ -640,7 +681,8 @@ def _inspect_job(args: argparse.Namespace, console: Console, job_prefix: str) ->
     for d in datums:
         if d["state"] in ("failed", "recovered"):
             inputs = ", ".join(f"{i['name']}:{display(i['path'])}" for i in d["inputs"])
-            out.write(f"{d['state']:9} {d['datum_id'][:12]} ({inputs}) after "
+            where = f" [shard {d['shard']}]" if d.get("shard") else ""
+            out.write(f"{d['state']:9} {d['datum_id'][:12]}{where} ({inputs}) after "
                       f"{plural(d['attempts'], 'attempt')}: {d['error']}\n")
     return EXIT_OK
 
@@ -660,10 +702,10 @@ def _pipeline_name(arg: str, console: Console) -> str | None:
 
 def _is_pipeline(args: argparse.Namespace, target: str) -> bool:
     """A spec path, or the name of a pipeline with a ledger in the data directory."""
-    from pfsmount.workspace import Workspace
+    from pfsmount.jobview import has_records
 
     data_dir = os.path.abspath(args.data or _default_data_dir())
-    return os.path.exists(target) or os.path.exists(Workspace.of(data_dir, target).ledger_path)
+    return os.path.exists(target) or has_records(data_dir, target)
 
 
 def _pipelines(targets: Sequence[str], console: Console) -> list[str] | None:

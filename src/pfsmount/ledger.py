@@ -176,6 +176,12 @@ class Ledger:
              message, job_id),
         )])
 
+    def forget_job(self, job_id: str) -> None:
+        """Drop a job and its datum rows, to enter a sharded job again under its name
+        (`shardjob.choose_job`); what each datum last became and its outputs stay."""
+        self._transaction([("DELETE FROM job_datums WHERE job_id = ?", (job_id,)),
+                           ("DELETE FROM jobs WHERE job_id = ?", (job_id,))])
+
     def jobs(self) -> list[dict[str, Any]]:
         cols = ("job_id", "pipeline", "started", "ended", "state", "total", "skipped",
                 "processed", "failed", "recovered", "message")

@@ -40,6 +40,7 @@ from pfsmount import nofollow
 from pfsmount.ledger import DatumEnding, Intent, Ledger, LedgerError
 from pfsmount.names import display
 from pfsmount.ownership import OutputIndex
+from pfsmount.shards import Shard
 from pfsmount.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,7 @@ class OutputRepo:
     ledger: Ledger
     job_id: str = ""
     hasher: Callable[[str], str] | None = None  # datum id -> its hash, for the ledger
+    shard: Shard | None = None  # stages, recovers and cleans up only its own (`shards`)
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -84,7 +86,7 @@ class OutputRepo:
         self._index: OutputIndex | None = None  # loaded from the ledger when first needed
         self._claims: dict[str, str] = {}  # output path -> queued datum that adds it
         self._releases: set[str] = set()  # output paths queued endings delete
-        self.workspace = Workspace.of(self.data_dir, self.pipeline)
+        self.workspace = Workspace.of(self.data_dir, self.pipeline, self.shard)
         self.staging_root = self.workspace.staging_root
         self.repo_dir = self.workspace.repo_dir
         self._attempts = 0

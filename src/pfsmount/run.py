@@ -20,7 +20,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -42,6 +41,8 @@ from pfsmount.peers import JobPeers
 from pfsmount.preflight import StartError, check_mountpoint_outside, check_port, check_program
 from pfsmount.protocol import WorkerServer
 from pfsmount.sandbox import RunDir, Sandbox, absolute_paths, choose, probe_namespaces
+from pfsmount.shardjob import LayoutError, check_layout, choose_job, publish_outputs
+from pfsmount.shards import Shard, select
 from pfsmount.shims import NATIVE_PACHCTL, write_pachctl
 from pfsmount.spec import PipelineSpec
 from pfsmount.store.local import RepoIndex
@@ -74,6 +75,8 @@ class RunOptions:
     exit_grace: float = 30.0  # time a pfsmount client gets to exit after "no more datums"
     shared_tmp: bool = False  # user code sees the machine's /tmp, not a private one
     parallelism: int | None = None  # workers; overrides the spec's parallelism_spec
+    shard: Shard | None = None  # run only this shard's datums (`shards.py`)
+    job_name: str | None = None  # the job id every shard of a job shares
 
 
 @dataclass
@@ -231,12 +234,21 @@ class Plan:
     resuming: bool
 
 
-def lock_pipeline(workspace: Workspace) -> int:
-    """Hold the pipeline's lock for this process's life; two runs would corrupt each other."""
+def lock_pipeline(workspace: Workspace) -> list[int]:
+    """Hold the pipeline's lock for this process's life; two runs would corrupt each other.
+    Returns the fds that hold it (a shard's own lock, and the pipeline's shared with the
+    other shards)."""
+    fds: list[int] = []
     try:
-        return workspace.lock()
-    except WorkspaceBusy as exc:
+        if workspace.shard is not None:
+            fds.append(workspace.lock_shared())
+        fds.append(workspace.lock())
+        check_layout(workspace)
+    except (WorkspaceBusy, LayoutError) as exc:
+        for fd in fds:
+            os.close(fd)
         raise RunError(str(exc)) from None
+    return fds
 
 
 def inputs_json(datum: Datum) -> str:
@@ -255,7 +267,8 @@ def _input_json_head(name: str, repo: str) -> str:
 
 
 def plan_job(spec: PipelineSpec, repos: Mapping[str, RepoIndex], datums: Sequence[Datum],
-             output: OutputRepo, ledger: Ledger, spec_hash: str) -> Plan:
+             output: OutputRepo, ledger: Ledger, spec_hash: str,
+             job_name: str | None = None) -> Plan:
     """Recover from a crash, forget vanished datums, and decide what runs (blocking I/O)."""
     redone = output.recover()
     if redone:
@@ -264,8 +277,7 @@ def plan_job(spec: PipelineSpec, repos: Mapping[str, RepoIndex], datums: Sequenc
     gone = output.forget_missing({d.id for d in datums})
     if gone:
         log.info("removed the outputs of %d datum(s) that no longer exist", gone)
-    interrupted = ledger.interrupted_job()
-    job_id = interrupted["job_id"] if interrupted else uuid.uuid4().hex
+    job_id, interrupted = choose_job(ledger, job_name)
     finished = ledger.done_in_job(job_id) if interrupted else {}
     troubled = {row[0]: row[1:] for row in ledger.troubled_in_job(job_id)} if interrupted else {}
     earlier: list[DatumRecord] = []
@@ -295,7 +307,7 @@ def plan_job(spec: PipelineSpec, repos: Mapping[str, RepoIndex], datums: Sequenc
     output.register_later(rows)
     output.load_index()
     skipped += sum(1 for state in finished.values() if state == "skipped")
-    return Plan(job_id, to_run, skipped, earlier, interrupted is not None)
+    return Plan(job_id, to_run, skipped, earlier, interrupted)
 
 
 async def run_job(
@@ -307,12 +319,13 @@ async def run_job(
     spec_hash: str = "",
 ) -> JobReport:
     """Mount /pfs, run the user code over every datum that needs it, commit as datums end."""
-    workspace = Workspace.of(opts.data_dir, spec.location)
-    lock_fd = lock_pipeline(workspace)
+    workspace = Workspace.of(opts.data_dir, spec.location, opts.shard)
+    lock_fds = lock_pipeline(workspace)
     try:
         return await _locked_job(spec, repos, datums, opts, console, spec_hash, workspace)
     finally:
-        os.close(lock_fd)
+        for fd in lock_fds:
+            os.close(fd)
 
 
 async def _locked_job(
@@ -324,6 +337,8 @@ async def _locked_job(
     spec_hash: str,
     workspace: Workspace,
 ) -> JobReport:
+    # The one place a shard's datums are chosen; everything below sees only them.
+    datums = list(select(datums, workspace.shard))
     # Every refusal comes before the job is recorded: a refused run leaves the ledger as it
     # was (no phantom "running" job; an interrupted job stays resumable).
     try:
@@ -344,11 +359,11 @@ async def _locked_job(
         ledger = Ledger(workspace.ledger_path)
     except LedgerError as exc:
         raise RunError(str(exc)) from None
-    output = OutputRepo(opts.data_dir, spec.location, ledger)
+    output = OutputRepo(opts.data_dir, spec.location, ledger, shard=workspace.shard)
     try:
         with bulk_allocation():
             plan = await trio.to_thread.run_sync(
-                plan_job, spec, repos, datums, output, ledger, spec_hash)
+                plan_job, spec, repos, datums, output, ledger, spec_hash, opts.job_name)
     except LedgerError as exc:
         ledger.close()
         raise RunError(str(exc)) from None
@@ -359,12 +374,22 @@ async def _locked_job(
         console.info(f"resuming interrupted job {plan.job_id[:12]}: "
                      f"{plural(len(plan.earlier), 'datum')} already finished"
                      + (f", {failed} of them failed" if failed else ""))
-    untracked = output.untracked()
+    # A shard sees the other shards' outputs as files no datum of its own wrote.
+    untracked = output.untracked() if workspace.shard is None else []
     if untracked:
         console.warn(f"{plural(len(untracked), 'file')} in {output.repo_dir} "
                      f"{'was' if len(untracked) == 1 else 'were'} not written by any "
                      f"datum (e.g. {untracked[0]}); they are left as they are")
-    joblog = JobLog(opts.data_dir, spec.location, plan.job_id)
+    joblog = JobLog(opts.data_dir, spec.location, plan.job_id, workspace.logs_dir)
+    problems: list[str] = []
+    # Output paths written by datums of two shards: found at the latest when the next run of
+    # either starts, reported (and failing the job) as on one machine.
+    shard_conflicts: list[str] = []
+    if workspace.shard is not None:
+        shard_conflicts = await trio.to_thread.run_sync(publish_outputs, workspace, ledger)
+        for conflict in shard_conflicts:
+            console.error(conflict)
+        problems += shard_conflicts
     rundir = workspace.run
     _clear_stale_session(rundir.fuse_dir)
     await trio.to_thread.run_sync(rundir.create, workers)
@@ -392,7 +417,6 @@ async def _locked_job(
         ledger.end_job(plan.job_id, "failed", f"cannot mount: {exc}")
         raise RunError(f"cannot mount FUSE at {opts.mountpoint}: {exc} "
                        "(is /dev/fuse present, and are you root?)") from None
-    problems: list[str] = []
     outcome = "failed"
     restarts = 0
     stopped_by = ""
@@ -437,7 +461,11 @@ async def _locked_job(
         restarts=restarts, skipped=plan.skipped, earlier=plan.earlier, stopped_by=stopped_by,
         workers=[(w.attempts, w.busy_seconds) for w in loop.workers],
     )
-    if report.count(DatumState.FAILED) and outcome == "success":
+    if workspace.shard is not None:
+        later = await trio.to_thread.run_sync(publish_outputs, workspace, ledger)
+        shard_conflicts += [c for c in later if c not in shard_conflicts]
+        report.problems += [c for c in later if c not in report.problems]
+    if (report.count(DatumState.FAILED) or shard_conflicts) and report.outcome == "success":
         report.outcome = "failed"
     try:
         await trio.to_thread.run_sync(ledger.end_job, plan.job_id, report.outcome,
