@@ -111,7 +111,8 @@ def render(document: Mapping[str, Any], spec_text: str, opts: RenderOptions) -> 
                 {"action": "FailIndex", "onExitCodes": {
                     "containerName": CONTAINER, "operator": "In",
                     "values": [EXIT_DATUM_FAILED, EXIT_JOB_TIMEOUT]}},
-                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+                {"action": "Ignore", "onPodConditions": [
+                    {"type": "DisruptionTarget", "status": "True"}]},
             ]},
             "template": {
                 "metadata": {"labels": labels},
