@@ -83,8 +83,9 @@ def parse_shard(text: str | None, env: Mapping[str, str] = os.environ) -> Shard 
         count = env.get(SHARDS_ENV)
         if not count:
             return None
-        return _shard(_index_from_env(env, f"{SHARDS_ENV}={count}"),
-                      _count(count, f"{SHARDS_ENV}={count}"), f"{SHARDS_ENV}={count}")
+        what = f"{SHARDS_ENV}={count}"
+        n = _count(count, what)
+        return _shard(_index_from_env(env, what), n, what)
     what = f"--shard {text}"
     index_text, sep, count_text = text.partition("/")
     if not sep:
