@@ -15,6 +15,7 @@ from benchlib import s3bench
 from benchlib.common import MIB, ROOT, SECTIONS, VENV_PY
 from benchlib.parallel import parallel_targets, render_parallel
 from benchlib.sections import ALTERNATIVES, READ_PATHS
+from benchlib.shards import render_shards, shards_targets
 
 # ----- targets -------------------------------------------------------------------------------
 
@@ -119,6 +120,7 @@ TARGET_CHECKS: dict[str, Callable[[Mapping[str, Any]], list[Target]]] = {
     "scale": _scale_targets,
     "s3": s3bench.targets,
     "parallel": parallel_targets,
+    "shards": shards_targets,
 }
 
 
@@ -253,6 +255,7 @@ RENDERERS: dict[str, Callable[[Mapping[str, Any]], tuple[str, list[str]]]] = {
     "scale": _render_scale,
     "s3": s3bench.render,
     "parallel": render_parallel,
+    "shards": render_shards,
 }
 
 
