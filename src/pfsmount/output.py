@@ -77,6 +77,9 @@ class OutputRepo:
     job_id: str = ""
     hasher: Callable[[str], str] | None = None  # datum id -> its hash, for the ledger
     shard: Shard | None = None  # stages, recovers and cleans up only its own (`shards`)
+    # A shard's check of files no datum of its own wrote, which may be another shard's:
+    # (datum id, such paths it would add) -> the conflict, or None (`shardjob.ForeignOutputs`).
+    foreign: Callable[[str, Sequence[str]], str | None] | None = None
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -286,6 +289,11 @@ class OutputRepo:
                 return (f"output path /{display(path)} cannot be committed: "
                         f"{display(os.path.join(self.repo_dir, path))} is a directory holding "
                         "files no datum wrote (move it out of the output repo, then run again)")
+        if self.foreign is not None:
+            with self._lock:
+                index = self._outputs()
+                unknown = [path for path in adds if path not in index]
+            return self.foreign(e.datum_id, unknown)
         return None
 
     def _fail(self, endings: Sequence[_Ending], why: str) -> list[tuple[str, str]]:

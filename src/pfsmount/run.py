@@ -41,7 +41,13 @@ from pfsmount.peers import JobPeers
 from pfsmount.preflight import StartError, check_mountpoint_outside, check_port, check_program
 from pfsmount.protocol import WorkerServer
 from pfsmount.sandbox import RunDir, Sandbox, absolute_paths, choose, probe_namespaces
-from pfsmount.shardjob import LayoutError, check_layout, choose_job, publish_outputs
+from pfsmount.shardjob import (
+    ForeignOutputs,
+    LayoutError,
+    check_layout,
+    choose_job,
+    publish_outputs,
+)
 from pfsmount.shards import Shard, select
 from pfsmount.shims import NATIVE_PACHCTL, write_pachctl
 from pfsmount.spec import PipelineSpec
@@ -359,7 +365,8 @@ async def _locked_job(
         ledger = Ledger(workspace.ledger_path)
     except LedgerError as exc:
         raise RunError(str(exc)) from None
-    output = OutputRepo(opts.data_dir, spec.location, ledger, shard=workspace.shard)
+    output = OutputRepo(opts.data_dir, spec.location, ledger, shard=workspace.shard,
+                        foreign=ForeignOutputs(workspace) if workspace.shard else None)
     try:
         with bulk_allocation():
             plan = await trio.to_thread.run_sync(

@@ -15,7 +15,7 @@ import contextlib
 import logging
 import os
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 
 from pfsmount.ledger import RUNNING, Ledger
 from pfsmount.names import display
@@ -152,6 +152,41 @@ def cross_shard_conflicts(workspace: Workspace, mine: Mapping[str, str]) -> list
     with contextlib.suppress(OSError):
         owned.update(others_outputs(workspace))
     return conflicts(owned)
+
+
+class ForeignOutputs:
+    """`OutputRepo.foreign` for a shard: never commit over a file that is not its own.
+
+    A file in the output repo that no datum of this shard wrote may be another shard's
+    output: the datum that would replace it fails with the one-machine conflict message
+    (naming the other datum when that shard has published it), and the file stays. Checked
+    in the committer thread right before the ledger promises the files; two shards committing
+    one path within that instant are caught afterwards by `publish_outputs`.
+    """
+
+    def __init__(self, workspace: Workspace) -> None:
+        self.workspace = workspace
+        self._owners: dict[str, tuple[str, Shard]] = {}
+
+    def __call__(self, datum_id: str, paths: Sequence[str]) -> str | None:
+        for path in paths:
+            if not os.path.lexists(os.path.join(self.workspace.repo_dir, path)):
+                continue
+            owner = self._owners.get(path)
+            if owner is None:
+                self._reload()  # published since last looked
+                owner = self._owners.get(path)
+            who = (f"datum {owner[0]} (shard {owner[1]})" if owner is not None
+                   else "another shard's datum, or no datum,")
+            return (f"output path /{display(path)} was written by {who} and datum {datum_id} "
+                    f"(shard {self.workspace.shard}); each output path may come from one datum "
+                    "only (write datum-specific names, e.g. include the input file name)")
+        return None
+
+    def _reload(self) -> None:
+        with contextlib.suppress(OSError):
+            self._owners = {path: (datum, shard) for shard, outputs in
+                            others_outputs(self.workspace) for path, datum in outputs.items()}
 
 
 def publish_outputs(workspace: Workspace, ledger: Ledger) -> list[str]:
