@@ -41,6 +41,7 @@ USER = """
         name = os.path.basename(path)
         with open(os.path.join(os.environ["SEEN"], name), "a") as f:
             f.write("ran\\n")
+        print(f"processing {name}", flush=True)
         time.sleep(pause)
         if name.startswith("bad"):
             report_error(RuntimeError(f"{name} is bad"))
@@ -143,6 +144,10 @@ def test_three_shards_at_once_make_the_one_process_output(tmp_path: Path) -> Non
     assert listed.stdout.count(" success ") == 24, listed
     logs = _cli("logs", "up", data=shared)
     assert logs.returncode == 0, logs
+    assert all(f"] processing {n}" in logs.stdout for n in names), logs  # every shard's log
+    dag = subprocess.run([PY, "-m", "pfsmount", "dag", str(spec), "--data", str(shared)],
+                         capture_output=True, text=True, timeout=60)
+    assert "success: 24 processed" in dag.stdout, dag.stdout + dag.stderr
 
 
 def test_kill_9_of_a_shard_then_its_rerun_resumes_and_leaves_the_others_alone(
@@ -204,6 +209,8 @@ def test_a_failing_datum_fails_its_shard_only_and_inspect_job_shows_the_whole_jo
     assert "[shard 2/3]" in inspect.stdout and f"in:/{bad}" in inspect.stdout, inspect
     failed_logs = _cli("logs", "up", "--failed", data=data)
     assert failed_logs.returncode == 0, failed_logs
+    assert f"] processing {bad}" in failed_logs.stdout, failed_logs
+    assert "processing f00" not in failed_logs.stdout, failed_logs
 
 
 def test_an_output_path_written_in_two_shards_is_a_conflict(tmp_path: Path) -> None:

@@ -124,7 +124,9 @@ def _check_output_repo(doc: SpecDocument, data_dir: str, problems: list[str]) ->
     readers mean is anyone's guess, and its output would land among the repo's files."""
     location = doc.spec.location
     repo = os.path.join(data_dir, location)
-    ours = os.path.exists(os.path.join(data_dir, ".pfsmount", location, "ledger.sqlite"))
+    from pfsmount.jobview import has_records
+
+    ours = has_records(data_dir, location)  # a ledger, or its shards' ledgers
     if ours or not os.path.isdir(repo):
         return
     try:

@@ -277,13 +277,14 @@ def cmd_dag(args: argparse.Namespace, console: Console) -> int:
 
 def last_job(data_dir: str, location: str) -> str:
     """The pipeline's last recorded job, in a few words ("never run" without a ledger)."""
-    from pfsmount.ledger import Ledger, LedgerError
+    from pfsmount.jobview import JobRecords, has_records
+    from pfsmount.ledger import LedgerError
 
-    path = os.path.join(data_dir, ".pfsmount", location, "ledger.sqlite")
-    if not os.path.exists(path):
+    if not has_records(data_dir, location):
         return "never run"
     try:
-        ledger = Ledger(path)
+        # Every shard's ledger, when the pipeline ran as shards.
+        ledger = JobRecords(data_dir, location)
     except LedgerError as exc:
         return f"ledger unreadable ({exc})"
     try:
