@@ -118,7 +118,9 @@ def test_three_shards_at_once_make_the_one_process_output(tmp_path: Path) -> Non
     seen_one.mkdir()
     seen.mkdir()
     spec = _spec(tmp_path, 0.05)
-    procs = [_start_shard(spec, shared, tmp_path, i, 3, seen) for i in range(3)]
+    # Within a shard, workers still apply: two each here.
+    procs = [_start_shard(spec, shared, tmp_path, i, 3, seen, ("--parallelism", "2"))
+             for i in range(3)]
     alone = run_pfsmount(spec, one, tmp_path / "pfs-one", env={"SEEN": str(seen_one)})
     results = _finish_all(procs, tmp_path)
     assert alone.returncode == 0, alone
@@ -132,6 +134,7 @@ def test_three_shards_at_once_make_the_one_process_output(tmp_path: Path) -> Non
     for i, result in enumerate(results):
         share = sum(1 for n in names if _shard_of_name(n, 3) == i)
         assert f"{share} datums processed" in result.stderr, result
+        assert "2 workers ran" in result.stderr, result
     # The job as a whole: one job, every shard's datums.
     jobs = _cli("list-jobs", "up", data=shared)
     assert jobs.returncode == 0, jobs
