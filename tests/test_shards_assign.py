@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from pfsmount.jobview import JobRecords
-from pfsmount.ledger import Ledger
+from pfsmount.ledger import DatumEnding, Intent, Ledger
 from pfsmount.shardjob import (
     LayoutError,
     check_layout,
@@ -186,5 +186,30 @@ def test_merged_records_show_one_job_with_every_shard(tmp_path: Path) -> None:
         assert job["ended"] is None
         assert [d["shard"] for d in records.job_datums("j")] == ["0/3", "1/3"]
         assert records.job("j")["job_id"] == "j"  # type: ignore[index]
+    finally:
+        records.close()
+
+
+def test_inspect_finds_a_path_two_shards_committed_at_the_same_instant(tmp_path: Path) -> None:
+    """Both passed the pre-commit check: their ledgers both claim the path."""
+    for i in range(2):
+        ws = Workspace.of(str(tmp_path), "p", Shard(i, 2))
+        ws.create()
+        ledger = Ledger(ws.ledger_path)
+        ledger.start_job("j", "p", "h", "", 1)
+        ledger.record_datums("j", [(f"d{i}", "", "[]", "pending")])
+        ledger.finish_datums("j", [DatumEnding(f"d{i}", "h", "success", 1, 0.1, "",
+                                               [Intent("add", "same.txt", "/nowhere")])])
+        ledger.end_job("j", "success")
+        ledger.close()
+    records = JobRecords(str(tmp_path), "p")
+    try:
+        assert records.jobs()[0]["state"] == "success"  # listing jobs reads no outputs
+        job = records.job("j")
+        assert job is not None and job["state"] == "failed"
+        assert job["conflicts"] == [
+            "output path /same.txt was written by datum d0 (shard 0/2) and datum d1 (shard "
+            "1/2); each output path may come from one datum only (write datum-specific names, "
+            "e.g. include the input file name)"]
     finally:
         records.close()

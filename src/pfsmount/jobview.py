@@ -5,7 +5,8 @@
 commands do not care how the job ran. A sharded job is one row: counts summed, started at
 the first shard's start, ended at the last shard's end, its state the worst of its shards'
 ("running" while any runs; "partial" while a shard has not recorded the job at all). An
-output path written by datums of two shards fails the job and is listed as a conflict.
+output path written by datums of two shards fails the job and is listed as a conflict by
+`job` (what `inspect-job` reads).
 """
 
 from __future__ import annotations
@@ -68,10 +69,20 @@ class JobRecords:
         return sorted(merged, key=lambda j: j["started"])
 
     def job(self, job_prefix: str) -> dict[str, Any] | None:
+        """One job, as `jobs` gives it, plus its shards' output conflicts (`conflicts`; such
+        a job is `failed`). Only here: finding them reads every output path, which listing
+        the jobs must not cost."""
         jobs = self.jobs()
         exact = [j for j in jobs if j["job_id"] == job_prefix]
         matches = exact or [j for j in jobs if j["job_id"].startswith(job_prefix)]
-        return matches[-1] if matches else None
+        if not matches:
+            return None
+        job = matches[-1]
+        if job.get("shards"):
+            job["conflicts"] = self.conflicts(list(job["shards"]))
+            if job["conflicts"] and job["state"] == "success":
+                job["state"] = "failed"
+        return job
 
     def job_datums(self, job_id: str) -> list[dict[str, Any]]:
         """Every datum of the job, shard by shard; each record names its `shard` ("" when
@@ -115,9 +126,6 @@ class JobRecords:
         states = {r["state"] for r in rows}
         if len(rows) < count:
             states.add("partial")
-        found = self.conflicts(shards)
-        if found:
-            states.add("failed")
         job["state"] = next(s for s in (*_STATE_ORDER, *sorted(states)) if s in states)
         missing = sorted(set(range(count)) - {s.index for s in shards if s is not None})
         messages = [f"shard {shard}: {row['message']}" for shard, row in parts if row["message"]]
@@ -125,5 +133,4 @@ class JobRecords:
             messages.append(f"shard{'s' if len(missing) > 1 else ''} "
                             f"{', '.join(map(str, missing))} of {count} not started")
         job["message"] = "; ".join(messages)
-        job["conflicts"] = found
         return job
