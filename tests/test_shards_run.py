@@ -161,24 +161,24 @@ def test_kill_9_of_a_shard_then_its_rerun_resumes_and_leaves_the_others_alone(
     seen = tmp_path / "seen"
     seen.mkdir()
     spec = _spec(tmp_path, 0.3)
-    victim = Shard(1, 3)
+    victim = Shard(0, 3)  # the largest share: 8 of the 18 datums
     procs = [_start_shard(spec, data, tmp_path, i, 3, seen) for i in range(3)]
     deadline = time.monotonic() + 120
     while _done_in_shard(data, victim) < 2:
-        assert time.monotonic() < deadline, "shard 1 committed nothing"
-        assert procs[1].poll() is None, "shard 1 ended before it could be killed"
+        assert time.monotonic() < deadline, "shard 0 committed nothing"
+        assert procs[0].poll() is None, "shard 0 ended before it could be killed"
         time.sleep(0.05)
-    os.killpg(procs[1].pid, signal.SIGKILL)
-    killed = _finish_all([procs[1]], tmp_path)[0]
+    os.killpg(procs[0].pid, signal.SIGKILL)
+    killed = _finish_all([procs[0]], tmp_path)[0]
     assert killed.returncode == -signal.SIGKILL
-    others = _finish_all([procs[0], procs[2]], tmp_path)
+    others = _finish_all([procs[1], procs[2]], tmp_path)
     assert [r.returncode for r in others] == [0, 0], others
     done_before = _done_in_shard(data, victim)
-    ran_before = {n for n in os.listdir(seen) if _shard_of_name(n, 3) == 1}
-    theirs = {n for n in names if _shard_of_name(n, 3) != 1}
+    ran_before = {n for n in os.listdir(seen) if _shard_of_name(n, 3) == 0}
+    theirs = {n for n in names if _shard_of_name(n, 3) != 0}
     stamps = {n: os.stat(data / "up" / f"{n}.out").st_mtime_ns for n in theirs}
 
-    rerun = finish(_start_shard(spec, data, tmp_path, 1, 3, seen), tmp_path / "pfs",
+    rerun = finish(_start_shard(spec, data, tmp_path, 0, 3, seen), tmp_path / "pfs",
                    timeout=180)
     assert rerun.returncode == 0, rerun
     assert f"resuming interrupted job {_derived(spec)[:12]}: {done_before} datums" in \
@@ -300,18 +300,18 @@ def test_sigterm_keeps_finished_datums_and_the_next_pod_resumes(tmp_path: Path) 
     seen = tmp_path / "seen"
     seen.mkdir()
     spec = _spec(tmp_path, 0.3)
-    shard = Shard(0, 2)
-    first = _start_shard(spec, data, tmp_path, 0, 2, seen, ("--job", "edges-x7k2p"))
+    shard = Shard(1, 2)  # the larger share: 8 of the 10 datums
+    first = _start_shard(spec, data, tmp_path, 1, 2, seen, ("--job", "edges-x7k2p"))
     deadline = time.monotonic() + 120
     while _done_in_shard(data, shard) < 1:
-        assert time.monotonic() < deadline and first.poll() is None, "shard 0 committed nothing"
+        assert time.monotonic() < deadline and first.poll() is None, "shard 1 committed nothing"
         time.sleep(0.05)
     first.send_signal(signal.SIGTERM)
     stopped = finish(first, tmp_path / "pfs")
     assert stopped.returncode == 143, stopped
     kept = _done_in_shard(data, shard)
     assert kept >= 1
-    again = finish(_start_shard(spec, data, tmp_path, 0, 2, seen, ("--job", "edges-x7k2p")),
+    again = finish(_start_shard(spec, data, tmp_path, 1, 2, seen, ("--job", "edges-x7k2p")),
                    tmp_path / "pfs")
     assert again.returncode == 0, again
     assert f"resuming interrupted job edges-x7k2p: {kept} datum" in again.stderr, again
