@@ -105,12 +105,13 @@ def test_cache_dir_is_bounded_and_drops_damaged_chunks(tmp_path: Path) -> None:
     assert disk.size <= 4 * MIB
     assert sum(p.stat().st_size for p in files) <= 4 * MIB
     # A truncated chunk file (a full disk, someone's hands) is a miss, not short data.
-    newest = (tmp_path / LAYOUT).rglob("*.9")
-    victim = next(newest)
+    victim = files[0]
     victim.write_bytes(b"short")
+    index = int(victim.suffix[1:])
     fresh = FakeBucket({"k": bucket.objects["k"]}, disk)
-    assert _reader(fresh, "k").read(9 * MIB, MIB) == bucket.objects["k"][9 * MIB:]
-    assert fresh.gets == [("k", 9 * MIB, 10 * MIB)]
+    got = _reader(fresh, "k").read(index * MIB, MIB)
+    assert got == bucket.objects["k"][index * MIB:(index + 1) * MIB]
+    assert fresh.gets == [("k", index * MIB, (index + 1) * MIB)]
 
 
 def test_concurrent_readers_of_one_cache_dir_agree(tmp_path: Path) -> None:
@@ -161,6 +162,8 @@ def test_warming_fills_the_cache_and_a_cancelled_one_fetches_nothing() -> None:
 
 def test_a_chunk_straddling_read_is_exact(tmp_path: Path) -> None:
     body = _body(3 * CHUNK)
-    bucket = FakeBucket({"k": body}, DiskCache(str(tmp_path), 64 * MIB, "s"))
+    disk = DiskCache(str(tmp_path), 64 * MIB, "s")
+    bucket = FakeBucket({"k": body}, disk)
     assert _reader(bucket, "k").read(CHUNK - 1, CHUNK + 2) == body[CHUNK - 1:2 * CHUNK + 1]
+    disk.flush()
     assert os.listdir(tmp_path / LAYOUT)

@@ -73,9 +73,10 @@ class Reader(Protocol):
 
     inline: bool
 
-    def read(self, offset: int, size: int) -> bytes:
+    def read(self, offset: int, size: int) -> bytes | memoryview:
         """Up to `size` bytes from `offset`; short only at the end of the file. OSError on
-        failure (EIO for a store that finally could not deliver)."""
+        failure (EIO for a store that finally could not deliver). A memoryview may be of a
+        cached buffer: use it, never write to it."""
         ...
 
     def close(self) -> None: ...

