@@ -111,8 +111,9 @@ class Bucket:
         self.disk: DiskCache | None = None
         if cache.directory is not None:
             try:
-                self.disk = DiskCache(cache.directory, cache.disk_bytes,
-                                      f"{self.endpoint}\0{location.bucket}")
+                # Not the endpoint: one server is often reached by several names (a proxy,
+                # localhost), and key+ETag already name the content.
+                self.disk = DiskCache(cache.directory, cache.disk_bytes, location.bucket)
             except OSError as exc:
                 raise StoreError(f"--cache-dir {cache.directory}: cannot use it as a cache "
                                  f"({exc.strerror or exc}); pick a writable directory") from None
@@ -354,8 +355,6 @@ class ObjectReader:
     from the memory cache, then the cache directory, then the network (If-Match the ETag).
     """
 
-    inline = False
-
     def __init__(self, bucket: Bucket, key: str, size: int, etag: str) -> None:
         self._bucket = bucket
         self._key = key
@@ -366,11 +365,27 @@ class ObjectReader:
         self._chunk = -1  # the chunk the last read started in
         self._window = 1
         self._ahead = 0  # chunks below this one have been asked for by this reader
+        self._held: memoryview | None = None  # a small object's whole content, once cached
+
+    @property
+    def inline(self) -> bool:
+        """True once this reader holds all of its object (a small one, found whole in the
+        memory cache, e.g. fetched ahead with its datum): its reads then never wait, so the
+        FUSE layer may serve them, and prime the page cache at OPEN, on its own thread."""
+        if self._held is None and 0 < self._size <= CHUNK:
+            cache = self._bucket.cache
+            with cache.lock:
+                got = cache.get((self._key, self._etag, 0))
+            if isinstance(got, memoryview) and len(got) == self._size:
+                self._held = got
+        return self._held is not None or self._size == 0
 
     def read(self, offset: int, size: int) -> bytes | memoryview:
         end = min(offset + size, self._size)
         if offset >= end:
             return b""
+        if self._held is not None:
+            return self._held[offset:end]
         first, last = offset // CHUNK, (end - 1) // CHUNK
         if offset == self._next and first != self._chunk and offset > 0:
             self._window = min(self._window * 2, MAX_WINDOW_CHUNKS)
