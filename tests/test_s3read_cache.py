@@ -167,3 +167,18 @@ def test_a_chunk_straddling_read_is_exact(tmp_path: Path) -> None:
     assert _reader(bucket, "k").read(CHUNK - 1, CHUNK + 2) == body[CHUNK - 1:2 * CHUNK + 1]
     disk.flush()
     assert os.listdir(tmp_path / LAYOUT)
+
+
+def test_small_object_held_whole_is_inline_and_reads_without_a_fetch() -> None:
+    objects = {"small": _body(1000), "big": _body(2 * MIB)}
+    bucket = FakeBucket(objects)
+    cold = _reader(bucket, "small")
+    assert not cold.inline  # not cached: its read may wait on the network
+    Warming([_reader(bucket, "small").warm(), _reader(bucket, "big").warm()]).wait()
+    fetched = len(bucket.gets)
+    warm = _reader(bucket, "small")
+    assert warm.inline
+    bucket.cache = ChunkCache(MIB)  # even if the cache drops it now: the reader holds it
+    assert warm.read(10, 100) == objects["small"][10:110]
+    assert len(bucket.gets) == fetched
+    assert not _reader(bucket, "big").inline  # larger than a chunk: always read in a thread
