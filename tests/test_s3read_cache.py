@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import subprocess
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 
 from pfsmount.store.cache import LAYOUT, CacheSettings, ChunkCache, DiskCache, parse_size
 from pfsmount.store.s3 import CHUNK, ObjectReader, S3Location, Warming
+from support import PY, batching_spec, write_spec
 
 MIB = 1 << 20
 
@@ -182,3 +184,20 @@ def test_small_object_held_whole_is_inline_and_reads_without_a_fetch() -> None:
     assert warm.read(10, 100) == objects["small"][10:110]
     assert len(bucket.gets) == fetched
     assert not _reader(bucket, "big").inline  # larger than a chunk: always read in a thread
+
+
+def test_cache_flags_are_checked_before_anything_runs(tmp_path: Path) -> None:
+    (tmp_path / "data" / "in").mkdir(parents=True)
+    (tmp_path / "data" / "in" / "f").write_text("x")
+    spec = write_spec(tmp_path / "p.yaml", batching_spec(
+        "p", {"pfs": {"repo": "in", "glob": "/*"}}, ["true"]))
+    base = [PY, "-m", "pfsmount", "run", str(spec), "--data", str(tmp_path / "data"),
+            "--mountpoint", str(tmp_path / "mnt")]
+    local = subprocess.run([*base, "--cache-dir", str(tmp_path / "c")], capture_output=True,
+                           text=True, timeout=60, check=False)
+    assert local.returncode == 2, local
+    assert "--cache-dir and --cache-size are for s3:// data" in local.stderr, local.stderr
+    bad = subprocess.run([*base, "--cache-size", "2X"], capture_output=True, text=True,
+                         timeout=60, check=False)
+    assert bad.returncode == 2 and "'2X' is not a size" in bad.stderr, bad.stderr
+    assert not (tmp_path / "data" / ".pfsmount").exists()

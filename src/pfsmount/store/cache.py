@@ -18,6 +18,7 @@ import logging
 import os
 import re
 import threading
+import time
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ DEFAULT_MEMORY_BYTES = 128 << 20
 DEFAULT_DISK_BYTES = 2 << 30
 LAYOUT = "pfsmount-chunks-v1"  # a new layout gets a new name: old chunks are never misread
 WRITE_BACKLOG = 64 << 20  # chunks waiting to be written; beyond this, writes are skipped
+STALE_WRITE = 3600  # seconds: a temporary chunk file this old was left by a killed process
 
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?", re.IGNORECASE)
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
@@ -140,8 +142,11 @@ class DiskCache:
                 continue
             for f in os.scandir(sub.path):
                 if f.name.startswith("."):
+                    # A write a killed process left half done; a young one may be another
+                    # process's write in progress.
                     with contextlib.suppress(OSError):
-                        os.unlink(f.path)  # a write a killed process left half done
+                        if f.stat(follow_symlinks=False).st_mtime < time.time() - STALE_WRITE:
+                            os.unlink(f.path)
                     continue
                 with contextlib.suppress(OSError):
                     st = f.stat(follow_symlinks=False)
