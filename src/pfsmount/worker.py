@@ -241,6 +241,8 @@ class DatumLoop:
     def close(self) -> None:
         """Refuse every further call (the job is ending)."""
         self.closed = True
+        if self._prefetch is not None and self._prefetch.warming is not None:
+            self._prefetch.warming.cancel()  # no datum will be shown any more
         self.poke()
 
     def retry(self, record: DatumRecord) -> None:

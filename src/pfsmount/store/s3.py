@@ -23,6 +23,7 @@ from __future__ import annotations
 import errno
 import functools
 import logging
+import queue
 import stat
 import threading
 import time
@@ -121,7 +122,7 @@ class Bucket:
         # datum that read one fails naming it, whatever the user code did with the EIO.
         self.changed: dict[tuple[str, str], str] = {}
         self._pool = ThreadPoolExecutor(FETCH_THREADS, thread_name_prefix="s3-fetch")
-        self._warm_pool = ThreadPoolExecutor(WARM_THREADS, thread_name_prefix="s3-warm")
+        self._warm_pool = _DaemonPool(WARM_THREADS, "s3-warm")
 
     # ----- start-up checks and listing ----------------------------------------------------
 
@@ -287,6 +288,32 @@ def _entries(label: str, url: str, objects: list[tuple[str, int, str, datetime]]
 
 def _ns(when: datetime) -> int:
     return int(when.timestamp() * 1_000_000_000)
+
+
+class _DaemonPool:
+    """Threads for fetching ahead. Daemons, unlike ThreadPoolExecutor's: the process must
+    never wait at exit for bytes of a datum that will not run (the server may be gone)."""
+
+    def __init__(self, threads: int, name: str) -> None:
+        self._queue: queue.SimpleQueue[tuple[Future, Callable[..., Any], tuple]] = \
+            queue.SimpleQueue()
+        for i in range(threads):
+            threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True).start()
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future:
+        fut: Future = Future()
+        self._queue.put((fut, fn, args))
+        return fut
+
+    def _work(self) -> None:
+        while True:
+            fut, fn, args = self._queue.get()
+            if not fut.set_running_or_notify_cancel():
+                continue
+            try:
+                fut.set_result(fn(*args))
+            except BaseException as exc:
+                fut.set_exception(exc)
 
 
 class S3Repo(RepoListing):
