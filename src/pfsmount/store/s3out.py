@@ -174,3 +174,33 @@ class OutputBucket:
                         }.get(code, f"credentials rejected ({code})")
         first = text.splitlines()[0] if text else type(exc).__name__
         return first[:300]
+
+
+def has_objects(url: str, key: str) -> bool:
+    """True if the data location `url` holds an object whose key (below its prefix) starts
+    with `key`: a repo or an output repo exists there (one small LIST)."""
+    from pfsmount.store import s3
+
+    bucket = s3.bucket_for(url)
+    try:
+        found = bucket.client.list_objects_v2(Bucket=bucket.location.bucket, MaxKeys=1,
+                                              Prefix=bucket.location.prefix + key)
+    except Exception as exc:
+        raise StoreError(bucket.explain(exc)) from None
+    return bool(found.get("KeyCount") or found.get("Contents"))
+
+
+def fingerprint(url: str, key: str) -> frozenset[tuple[str, int, str]]:
+    """(key, size, ETag) of every object below `key` at `url`: what `--watch` compares."""
+    from pfsmount.store import s3
+
+    bucket = s3.bucket_for(url)
+    prefix = bucket.location.prefix + key
+    try:
+        paginator = bucket.client.get_paginator("list_objects_v2")
+        return frozenset((obj["Key"], obj["Size"], obj["ETag"])
+                         for page in paginator.paginate(Bucket=bucket.location.bucket,
+                                                        Prefix=prefix)
+                         for obj in page.get("Contents", ()))
+    except Exception as exc:
+        raise StoreError(bucket.explain(exc)) from None
