@@ -448,6 +448,15 @@ def run_pipeline(doc: SpecDocument, data_dir: str, args: argparse.Namespace,
         console.error(f"{spec.source}: pipeline.name: '{spec.name}' is also an input repo; the "
                       "output repo would overwrite it (rename the pipeline)")
         return EXIT_USAGE
+    if output_url is not None:
+        from pfsmount.s3output import check_writable
+        from pfsmount.store.base import StoreError
+
+        try:
+            check_writable(output_url, spec.location)
+        except StoreError as exc:
+            console.error(str(exc))
+            return EXIT_USAGE
     if not datums:
         console.warn("the input matched no datums; the output will be empty")
     workdir = _workdir(doc.path, spec.transform.working_dir)

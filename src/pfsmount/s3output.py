@@ -244,6 +244,16 @@ def records_of(url: str, pipeline: str) -> BucketRecords:
     return BucketRecords(OutputBucket(bucket), Layout(bucket.location.prefix, pipeline))
 
 
+def check_writable(url: str, pipeline: str) -> None:
+    """StoreError, naming the fix, unless the output repo at `url` can be written (one
+    probe object written and deleted); run before anything mounts."""
+    from pfsmount.store import s3
+
+    bucket = s3.bucket_for(url)
+    OutputBucket(bucket).check_writable(
+        Layout(bucket.location.prefix, pipeline).probe(uuid.uuid4().hex[:16]))
+
+
 @dataclass
 class S3OutputRepo(OutputRepo):
     """A pipeline's output repo at `location` (s3://BUCKET[/PREFIX]), committed datum by
@@ -268,7 +278,6 @@ class S3OutputRepo(OutputRepo):
         self._seq_lock = threading.Lock()
         self._log_path: str | None = None
         self._log_sent = 0.0
-        self.bucket.check_writable(self.layout.probe(self.writer))
 
     # ----- start of a run -------------------------------------------------------------
 
