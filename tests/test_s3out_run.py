@@ -111,3 +111,31 @@ def test_s3out_outputs_records_failures_and_incremental(tmp_path: Path, s3server
     meta = s3out_tree(s3server, "s3out-basic", "pre/.pfsmount/up/")
     assert len([k for k in meta if k.startswith("commits/")]) == 3, meta.keys()
     assert not [k for k in meta if k.startswith("blobs/")], meta.keys()
+
+
+@needs_fuse
+def test_s3out_symlink_or_non_utf8_output_fails_its_datum(tmp_path: Path, s3server: S3Server,
+                                                          mnt: Path) -> None:
+    url = s3server.bucket("s3out-names", {"in/link": b"1", "in/bytes": b"2", "in/ok": b"3"})
+    script = write_script(tmp_path / "user.py", """
+        import os, sys
+        from pfsmount import iter_datums
+        mnt = sys.argv[1]
+        for d in iter_datums():
+            name = os.listdir(os.path.join(mnt, "in"))[0]
+            out = os.path.join(mnt, "out")
+            if name == "link":
+                os.symlink("/etc/hostname", os.path.join(out, "l"))
+            elif name == "bytes":
+                open(os.path.join(os.fsencode(out), b"caf\\xe9"), "w").close()
+            else:
+                open(os.path.join(out, "ok"), "w").write("fine")
+    """)
+    spec = write_spec(tmp_path / "p.yaml", batching_spec(
+        "names", _pfs("in", "/*"), ["python3", str(script), str(mnt)]))
+    result = run_pfsmount(spec, url, mnt, env=s3server.env(),
+                          extra=["--state-dir", str(tmp_path / "state")])
+    assert result.returncode == 1, result
+    assert "output path /l is a symlink (/etc/hostname)" in result.stderr, result.stderr
+    assert "output path /caf\\xe9 is not UTF-8" in result.stderr, result.stderr
+    assert s3out_tree(s3server, "s3out-names", "names/") == {"ok": b"fine"}
