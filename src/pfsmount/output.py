@@ -51,12 +51,15 @@ class OutputConflict(Exception):
 
 
 class _NotRecorded(Exception):
-    """A group of endings could not be recorded; nothing of it changed, except the endings
-    in `committed` (datum ids), which a store that commits datum by datum got through."""
+    """A group of endings could not be recorded; nothing of it changed, except for a store
+    that commits datum by datum: the endings in `committed` (datum ids) got through, and
+    those in `failed` (datum id -> why) failed for good, so trying them alone is pointless."""
 
-    def __init__(self, message: str, committed: frozenset[str] = frozenset()) -> None:
+    def __init__(self, message: str, committed: frozenset[str] = frozenset(),
+                 failed: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.committed = committed
+        self.failed = failed or {}
 
 
 @dataclass
@@ -250,6 +253,9 @@ class OutputRepo:
         except _NotRecorded as group:
             for ending in vetted:
                 if ending.datum_id in group.committed:
+                    continue
+                if ending.datum_id in group.failed:
+                    failures += self._fail([ending], group.failed[ending.datum_id])
                     continue
                 try:
                     self._commit([ending])

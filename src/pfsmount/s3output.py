@@ -438,9 +438,18 @@ class S3OutputRepo(OutputRepo):
             self._mirror_endings(done)
             self._index_endings([e for e, _ in done])
             self._place(done)
-        failed = [p for p in problems if p is not None]
+        failed = {e.datum_id: p for e, p in zip(batch, problems, strict=True) if p is not None}
         if failed:
-            raise _NotRecorded(failed[0], frozenset(e.datum_id for e, _ in done))
+            # No record names these blobs: they would only wait for the next `recover`.
+            orphans = [self.layout.blob(r.datum, r.token, path) for r in records
+                       if r.datum in failed for path, _ in r.outputs]
+            try:
+                self.bucket.delete(orphans)
+            except BucketWriteError as exc:
+                log.warning("uncommitted uploads stay until the next run (%s)", exc)
+            # Each datum's record was tried on its own already: no point in trying again.
+            raise _NotRecorded(next(iter(failed.values())),
+                               frozenset(e.datum_id for e, _ in done), failed)
 
     def _upload(self, job: tuple[str, str]) -> int:
         key, source = job
