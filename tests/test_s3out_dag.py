@@ -71,3 +71,8 @@ def test_s3out_dag_reads_upstream_output_from_the_bucket_and_watches(
     assert shown.returncode == 0, shown
     assert "rev  <- up  [job " in shown.stdout, shown.stdout
     assert "up  <- raw  [job " in shown.stdout and "never run" not in shown.stdout, shown.stdout
+    # Two pipeline names (no local ledger): both are pipelines, not a pipeline and a job id.
+    both = s3out_cli(["inspect-job", "up", "rev", "--data", f"{url}/d",
+                      "--state-dir", str(tmp_path / "fresh2")], env)
+    assert both.returncode == 0, both
+    assert "== up" in both.stdout and "== rev" in both.stdout, both.stdout

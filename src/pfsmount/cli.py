@@ -801,11 +801,23 @@ def _pipeline_name(arg: str, console: Console) -> str | None:
 
 
 def _is_pipeline(args: argparse.Namespace, target: str) -> bool:
-    """A spec path, or the name of a pipeline with a ledger in the data directory."""
+    """A spec path, or the name of a pipeline with a ledger in the data directory (records
+    in the bucket, for S3 outputs)."""
     from pfsmount.jobview import has_records
 
+    if os.path.exists(target):
+        return True
+    url = _output_url(args)
+    if url is not None:
+        from pfsmount.store.base import StoreError
+        from pfsmount.store.s3out import has_objects
+
+        try:
+            return has_objects(url, f".pfsmount/{target}/")
+        except StoreError:
+            return False  # taken for a job id; opening the pipeline then says what is wrong
     data_dir = os.path.abspath(args.data or _default_data_dir())
-    return os.path.exists(target) or has_records(data_dir, target)
+    return has_records(data_dir, target)
 
 
 def _pipelines(targets: Sequence[str], console: Console) -> list[str] | None:
