@@ -18,8 +18,8 @@ A datum is committed in these steps (`_commit`, a group of datums at a time):
 2. the commit point: one small JSON record `commits/<datum>/<seq>.json` (state, hash, job,
    token, output paths) written with `If-None-Match: *`, so a record is never overwritten
    (a second writer of the same datum gets 412 and fails loudly instead);
-3. the blobs are copied server-side to `P/<path>`, outputs the datum no longer produces are
-   deleted, then its blobs, then its older records.
+3. outputs the datum no longer produces are deleted, the blobs are copied server-side to
+   `P/<path>`, then the blobs are deleted, then the datum's older records.
 
 The newest record of a datum is the truth. A start on any machine (`recover`) lists the
 records and blobs: a datum with blobs or with more than one record was interrupted in step 3
@@ -198,8 +198,10 @@ class BucketRecords:
             fetched=fetched,
             datums=[(r.datum, r.hash, r.state, r.job) for r in live],
             outputs=[(path, r.datum) for r in live for path, _ in r.outputs],
+            # A cached record's row was mirrored when it was cached (same transaction).
             job_datums=[(r.job, r.datum, r.hash, r.inputs, r.state, r.attempts, r.seconds,
-                         r.error, len(r.outputs), r.ended) for r in live],
+                         r.error, len(r.outputs), r.ended) for r in live
+                        if self.layout.record(r.datum, r.seq) not in cached],
             jobs=self._jobs()))
         return snap
 
