@@ -198,7 +198,7 @@ class BucketRecords:
             fetched=fetched,
             datums=[(r.datum, r.hash, r.state, r.job) for r in live],
             outputs=[(path, r.datum) for r in live for path, _ in r.outputs],
-            # A cached record's row was mirrored when it was cached (same transaction).
+            # A cached record's row in its job was written before the record was cached.
             job_datums=[(r.job, r.datum, r.hash, r.inputs, r.state, r.attempts, r.seconds,
                          r.error, len(r.outputs), r.ended) for r in live
                         if self.layout.record(r.datum, r.seq) not in cached],
