@@ -645,37 +645,21 @@ def _open_ledger(args: argparse.Namespace, console: Console):
 
 
 def _mirrored_records(url: str, state_dir: str, pipeline: str, console: Console):
-    """The job records in the local state directory, first made to say what the bucket's
-    records say (they are the truth: any machine may have run the pipeline's jobs)."""
-    from pfsmount.jobview import JobRecords
-    from pfsmount.ledger import Ledger, LedgerError
-    from pfsmount.s3output import records_of
+    """The job records of the bucket, mirrored below the local state directory (they are
+    the truth: any machine, any shard, may have run the pipeline's jobs)."""
+    from pfsmount.jobview import JobRecords, has_records
+    from pfsmount.ledger import LedgerError
+    from pfsmount.s3output import bucket_view
     from pfsmount.store.base import StoreError
-    from pfsmount.workspace import Workspace
 
-    workspace = Workspace.of(state_dir, pipeline)
     try:
-        records = records_of(url, pipeline)
-        workspace.create()
-        ledger = Ledger(workspace.ledger_path)
+        view = bucket_view(url, state_dir, pipeline)
+        if not has_records(view, pipeline):
+            console.error(f"no job of pipeline '{pipeline}' is recorded in {url} "
+                          "(run it first, or check --data)")
+            return None
+        return JobRecords(view, pipeline)
     except (StoreError, LedgerError, OSError) as exc:
-        console.error(str(exc))
-        return None
-    try:
-        records.mirror(ledger)
-        recorded = bool(ledger.jobs())
-    except (StoreError, LedgerError) as exc:
-        console.error(str(exc))
-        return None
-    finally:
-        ledger.close()
-    if not recorded:
-        console.error(f"no job of pipeline '{pipeline}' is recorded in {url} "
-                      "(run it first, or check --data)")
-        return None
-    try:
-        return JobRecords(state_dir, pipeline)
-    except LedgerError as exc:
         console.error(str(exc))
         return None
 

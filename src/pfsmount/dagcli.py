@@ -292,25 +292,16 @@ def last_job(data_dir: str, location: str, bucket: str | None = None) -> str:
     machine may have written.
     """
     from pfsmount.jobview import JobRecords, has_records
-    from pfsmount.ledger import Ledger, LedgerError
+    from pfsmount.ledger import LedgerError
     from pfsmount.store.base import StoreError
-    from pfsmount.workspace import Workspace
 
     if bucket is not None:
-        from pfsmount.s3output import records_of
+        from pfsmount.s3output import bucket_view
 
-        workspace = Workspace.of(data_dir, location)
         try:
-            workspace.create()
-            mirror = Ledger(workspace.ledger_path)
-        except (LedgerError, OSError) as exc:
-            return f"ledger unreadable ({exc})"
-        try:
-            records_of(bucket, location).mirror(mirror)
-        except (StoreError, LedgerError) as exc:
+            data_dir = bucket_view(bucket, data_dir, location)
+        except (StoreError, LedgerError, OSError) as exc:
             return f"records unreadable ({exc})"
-        finally:
-            mirror.close()
     if not has_records(data_dir, location):
         return "never run"
     try:

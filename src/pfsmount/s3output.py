@@ -35,6 +35,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import threading
 import time
@@ -46,6 +47,7 @@ from typing import Any
 from pfsmount.ledger import BucketMirror, DatumEnding, Intent, Ledger, LedgerError
 from pfsmount.names import display
 from pfsmount.output import OutputRepo, _crash_point, _Ending, _NotRecorded
+from pfsmount.shards import Shard
 from pfsmount.store.base import StoreError
 from pfsmount.store.s3out import AlreadyExists, BucketWriteError, OutputBucket
 
@@ -54,9 +56,11 @@ log = logging.getLogger(__name__)
 DELETED = "deleted"  # a tombstone's state: the datum no longer exists
 MAX_KEY_BYTES = 1024  # S3's limit on a key
 LOG_INTERVAL = 5.0  # seconds between uploads of a running job's log
+_SHARD_KEY = re.compile(r"shard-(\d+)-of-(\d+)")  # `Shard.key`
 
 
-def _everyone(datum_id: str) -> bool:
+def everyone(datum_id: str) -> bool:
+    """Who owns a datum when the job is not sharded."""
     return True
 
 
@@ -161,9 +165,14 @@ class BucketRecords:
         self.bucket = bucket
         self.layout = layout
 
-    def mirror(self, ledger: Ledger) -> Snapshot:
+    def mirror(self, ledger: Ledger, shard: Shard | None = None) -> Snapshot:
         """List records, blobs and jobs; fetch the records the ledger has not seen; make the
-        ledger say what they say. Returns what was found, for recovery."""
+        ledger say what they say. Returns what was found, for recovery.
+
+        Every datum's state and outputs are mirrored (the conflict check needs them all);
+        the jobs and each datum's row in its job only of `shard` (None: an unsharded job), so
+        a shard's ledger holds its own, as a shard's ledger in a shared directory does."""
+        owns = shard.owns if shard is not None else everyone
         snap = Snapshot({}, {}, {})
         listed: set[str] = set()
         for key, _size in self.bucket.list(self.layout.commits):
@@ -201,31 +210,48 @@ class BucketRecords:
             # A cached record's row in its job was written before the record was cached.
             job_datums=[(r.job, r.datum, r.hash, r.inputs, r.state, r.attempts, r.seconds,
                          r.error, len(r.outputs), r.ended) for r in live
-                        if self.layout.record(r.datum, r.seq) not in cached],
-            jobs=self._jobs()))
+                        if owns(r.datum) and self.layout.record(r.datum, r.seq) not in cached],
+            jobs=self._jobs(shard.key if shard is not None else "")))
         return snap
 
-    def _jobs(self) -> list[tuple[Any, ...]]:
-        """Each job's row, merged from its writers' objects: the latest word wins."""
-        by_job: dict[str, list[dict[str, Any]]] = {}
+    def _jobs(self, shard: str) -> list[tuple[Any, ...]]:
+        """The rows of the jobs `shard` ("": unsharded) ran; of each, the latest word of its
+        writers (a job resumed on another machine has two)."""
+        latest: dict[str, dict[str, Any]] = {}
+        for job in self._job_objects():
+            if job.get("shard", "") != shard:
+                continue
+            seen = latest.get(job["job_id"])
+            if seen is None or job["updated"] > seen["updated"]:
+                latest[job["job_id"]] = job
+        return [(job_id, j.get("pipeline", self.layout.pipeline), j.get("spec_hash", ""),
+                 j.get("salt", ""), float(j.get("started") or 0), j.get("ended"),
+                 j.get("state", "running"),
+                 *(int(j.get(k) or 0) for k in ("total", "skipped", "processed", "failed",
+                                                "recovered")),
+                 j.get("message", "")) for job_id, j in latest.items()]
+
+    def _job_objects(self) -> list[dict[str, Any]]:
         keys = [key for key, _ in self.bucket.list(self.layout.jobs())]
+        jobs = []
         for key, body in zip(keys, self.bucket.run_all(self.bucket.get, keys), strict=True):
             try:
                 job = json.loads(body)
-                by_job.setdefault(str(job["job_id"]), []).append(job)
+                job["job_id"] = str(job["job_id"])
+                job["updated"] = float(job["updated"])
+                jobs.append(job)
             except (ValueError, KeyError, TypeError):
                 log.warning("skipping damaged job record %s", self.bucket.url(key))
-        rows = []
-        for job_id, seen in by_job.items():
-            last = max(seen, key=lambda j: float(j.get("updated", 0)))
-            started = min(float(j.get("started") or 0) for j in seen)
-            rows.append((job_id, last.get("pipeline", self.layout.pipeline),
-                         last.get("spec_hash", ""), last.get("salt", ""), started,
-                         last.get("ended"), last.get("state", "running"),
-                         *(int(last.get(k) or 0) for k in ("total", "skipped", "processed",
-                                                           "failed", "recovered")),
-                         last.get("message", "")))
-        return rows
+        return jobs
+
+    def shards(self) -> set[Shard | None]:
+        """The shards (None: unsharded runs) whose jobs the bucket records."""
+        found: set[Shard | None] = set()
+        for job in self._job_objects():
+            key = str(job.get("shard", ""))
+            match = _SHARD_KEY.fullmatch(key)
+            found.add(Shard(int(match[1]), int(match[2])) if match else None)
+        return found
 
     def logs(self, job_id: str, into: str) -> list[str]:
         """Download every writer's log of `job_id` into the directory `into`; their paths."""
@@ -256,6 +282,27 @@ def check_writable(url: str, pipeline: str) -> None:
         Layout(bucket.location.prefix, pipeline).probe(uuid.uuid4().hex[:16]))
 
 
+def bucket_view(url: str, state_dir: str, pipeline: str) -> str:
+    """Mirror the bucket's records of `pipeline` into ledgers laid out as a shared data
+    directory's (one per shard that ran, `Workspace`), below `state_dir`; returns that
+    directory, for `jobview.JobRecords` (list-jobs, inspect-job, logs, `pfsmount dag`).
+    StoreError or LedgerError when the bucket or a ledger cannot be read."""
+    from pfsmount.workspace import WORK_DIR, Workspace
+
+    # A dot name: no pipeline's workspace can be called so.
+    view = os.path.join(state_dir, WORK_DIR, ".bucket")
+    records = records_of(url, pipeline)
+    for shard in records.shards() or {None}:
+        workspace = Workspace.of(view, pipeline, shard)
+        workspace.create()
+        ledger = Ledger(workspace.ledger_path)
+        try:
+            records.mirror(ledger, workspace.shard)
+        finally:
+            ledger.close()
+    return view
+
+
 @dataclass
 class S3OutputRepo(OutputRepo):
     """A pipeline's output repo at `location` (s3://BUCKET[/PREFIX]), committed datum by
@@ -264,7 +311,7 @@ class S3OutputRepo(OutputRepo):
 
     location: str = ""
     writer: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
-    owns: Callable[[str], bool] = _everyone  # datums this writer may commit, finish or forget
+    owns: Callable[[str], bool] = everyone  # datums this writer may commit, finish or forget
 
     def _open_repo(self) -> None:
         from pfsmount.store import s3
@@ -280,6 +327,10 @@ class S3OutputRepo(OutputRepo):
         self._seq_lock = threading.Lock()
         self._log_path: str | None = None
         self._log_sent = 0.0
+        if self.shard is not None:
+            # Every shard reads every record, but commits, finishes and forgets its own only.
+            self.owns = self.shard.owns
+            self.writer = f"{self.shard.key}-{self.writer}"
 
     # ----- start of a run -------------------------------------------------------------
 
@@ -289,7 +340,7 @@ class S3OutputRepo(OutputRepo):
         stale = self.ledger.pending_intents()
         if stale:  # the bucket's records are the truth here, not the local redo log
             self.ledger.clear_intents([seq for seq, _ in stale])
-        snap = self.records.mirror(self.ledger)
+        snap = self.records.mirror(self.ledger, self.shard)
         self._seqs = {d: list(seqs) for d, seqs in snap.seqs.items()}
         self._newest = {d: r for d in snap.seqs
                         if (r := snap.newest(self.layout, d)) is not None}
@@ -370,7 +421,8 @@ class S3OutputRepo(OutputRepo):
     # ----- the job's record in the bucket ------------------------------------------------
 
     def publish_job(self, job: dict[str, Any]) -> None:
-        body = json.dumps({**job, "updated": time.time(), "writer": self.writer})
+        body = json.dumps({**job, "updated": time.time(), "writer": self.writer,
+                           "shard": self.shard.key if self.shard is not None else ""})
         try:
             self.bucket.put(self.layout.job(job["job_id"], self.writer), body.encode())
         except BucketWriteError as exc:
