@@ -172,6 +172,16 @@ class OutputRepo:
     def publish_log(self, job_id: str, path: str, *, final: bool) -> None:
         """Make the job log at `path` readable beside the output repo (locally it is)."""
 
+    def shard_conflicts(self) -> list[str]:
+        """A shard's output paths that datums of another shard wrote too (each a message):
+        this shard's outputs are published for the others first (`shardjob`). Empty when
+        the job is not sharded."""
+        if self.shard is None:
+            return []
+        from pfsmount.shardjob import publish_outputs
+
+        return publish_outputs(self.workspace, self.ledger)
+
     # ----- datum attempts ---------------------------------------------------------------
 
     def new_staging(self, worker: int = 0) -> str:

@@ -46,7 +46,6 @@ from pfsmount.shardjob import (
     LayoutError,
     check_layout,
     choose_job,
-    publish_outputs,
 )
 from pfsmount.shards import Shard, select
 from pfsmount.shims import NATIVE_PACHCTL, write_pachctl
@@ -397,11 +396,10 @@ async def _locked_job(
     output.publish_log(plan.job_id, joblog.lines_path, final=False)
     problems: list[str] = []
     # Output paths written by datums of two shards: found at the latest when the next run of
-    # either starts, reported (and failing the job) as on one machine. (Outputs in a bucket:
-    # every shard's records are there, and the conflict check sees them.)
+    # either starts, reported (and failing the job) as on one machine.
     shard_conflicts: list[str] = []
-    if workspace.shard is not None and opts.output_url is None:
-        shard_conflicts = await trio.to_thread.run_sync(publish_outputs, workspace, ledger)
+    if workspace.shard is not None:
+        shard_conflicts = await trio.to_thread.run_sync(output.shard_conflicts)
         for conflict in shard_conflicts:
             console.error(conflict)
         problems += shard_conflicts
@@ -479,8 +477,8 @@ async def _locked_job(
         restarts=restarts, skipped=plan.skipped, earlier=plan.earlier, stopped_by=stopped_by,
         workers=[(w.attempts, w.busy_seconds) for w in loop.workers],
     )
-    if workspace.shard is not None and opts.output_url is None:
-        later = await trio.to_thread.run_sync(publish_outputs, workspace, ledger)
+    if workspace.shard is not None:
+        later = await trio.to_thread.run_sync(output.shard_conflicts)
         shard_conflicts += [c for c in later if c not in shard_conflicts]
         report.problems += [c for c in later if c not in report.problems]
     if (report.count(DatumState.FAILED) or shard_conflicts) and report.outcome == "success":

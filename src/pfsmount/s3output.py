@@ -47,7 +47,7 @@ from typing import Any
 from pfsmount.ledger import BucketMirror, DatumEnding, Intent, Ledger, LedgerError
 from pfsmount.names import display
 from pfsmount.output import OutputRepo, _crash_point, _Ending, _NotRecorded
-from pfsmount.shards import Shard
+from pfsmount.shards import Shard, shard_of
 from pfsmount.store.base import StoreError
 from pfsmount.store.s3out import AlreadyExists, BucketWriteError, OutputBucket
 
@@ -445,6 +445,25 @@ class S3OutputRepo(OutputRepo):
         except BucketWriteError as exc:
             log.warning("the job log could not be copied to the bucket (%s); `pfsmount logs` "
                         "on this machine still shows it", exc)
+
+    def shard_conflicts(self) -> list[str]:
+        """Output paths of datums of two shards, from every shard's newest records (the
+        bucket is what the shards share); empty when the job is not sharded."""
+        if self.shard is None:
+            return []
+        from pfsmount.shardjob import conflicts
+
+        snap = self.records.mirror(self.ledger, self.shard)
+        with self._lock:
+            self._index = None  # the mirror rewrote the ledger's owners
+        count = self.shard.count
+        owned: dict[Shard, dict[str, str]] = {}
+        for datum in snap.seqs:
+            r = snap.newest(self.layout, datum)
+            if r is not None and r.state != DELETED and r.outputs:
+                shard = Shard(shard_of(datum, count), count)
+                owned.setdefault(shard, {}).update((path, datum) for path, _ in r.outputs)
+        return conflicts(owned) if len(owned) > 1 else []
 
     def flush(self) -> list[tuple[str, str]]:
         failures = super().flush()
