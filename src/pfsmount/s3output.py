@@ -378,8 +378,12 @@ class S3OutputRepo(OutputRepo):
             self._newest.pop(datum, None)
         elif newest is not None:
             self._seqs[datum] = [newest.seq]
-        log.info("finished the commit of datum %s that an earlier run left half done",
-                 datum[:12])
+        if older or (newest is not None and newest.token in tokens):
+            log.info("finished the commit of datum %s that an earlier run left half done",
+                     datum[:12])
+        else:
+            log.info("removed the uploads of datum %s that an earlier run never committed",
+                     datum[:12])
 
     def forget_missing(self, datum_ids: set[str]) -> int:
         """Tombstone the datums (this writer owns) that no longer exist, then delete their
@@ -389,7 +393,9 @@ class S3OutputRepo(OutputRepo):
             return 0
         tombs = [Record(d, self._next_seq(d), DELETED, writer=self.writer,
                         ended=time.time()) for d in gone]
-        self.bucket.run_all(self._put_record, tombs)
+        problems = [p for p in self.bucket.run_all(self._try_record, tombs) if p is not None]
+        if problems:
+            raise BucketWriteError(f"cannot record that a datum no longer exists: {problems[0]}")
         _crash_point("s3-tombstoned")
         intents = [Intent("del", path) for d in gone for path in self.ledger.outputs_of(d)]
         self.ledger.clear_intents(self.ledger.forget_datums(gone, intents))
