@@ -58,3 +58,27 @@ def test_s3out_repo_conflicts_and_a_second_writer(tmp_path: Path, s3server: S3Se
     commits = s3out_tree(s3server, "s3out-unit", ".pfsmount/p/commits/")
     assert sorted(commits) == ["d1/000000000001.json"], sorted(commits)
     assert not s3out_tree(s3server, "s3out-unit", ".pfsmount/p/blobs/")
+
+
+def test_s3out_repo_mirror_fetches_only_records_it_has_not_seen(
+        tmp_path: Path, s3server: S3Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in s3server.env().items():
+        monkeypatch.setenv(name, value)
+    url = s3server.bucket("s3out-cache", {"in/x": b"x"})
+    a = _repo(tmp_path / "a", url)
+    _stage(a, "d1", {"f": b"one"})
+    _stage(a, "d2", {"g": b"two"})
+    assert a.flush() == []
+    gets: list[str] = []
+    real_get = a.bucket.get
+    monkeypatch.setattr(a.bucket, "get", lambda key: gets.append(key) or real_get(key))
+    a.records.mirror(a.ledger)
+    assert not [k for k in gets if "/commits/" in k], gets  # its own commits are cached
+    # A record deleted and written again under the same key (a datum forgotten, then back)
+    # is fetched again: the cache is good for one ETag only.
+    key = ".pfsmount/p/commits/d1/000000000000.json"
+    body = s3server.client.get_object(Bucket="s3out-cache", Key=key)["Body"].read()  # type: ignore[attr-defined]
+    s3server.client.put_object(Bucket="s3out-cache", Key=key,  # type: ignore[attr-defined]
+                               Body=body.replace(b'"attempts": 1', b'"attempts": 7'))
+    a.records.mirror(a.ledger)
+    assert [k for k in gets if "/commits/" in k] == [key], gets

@@ -60,8 +60,11 @@ CREATE INDEX IF NOT EXISTS outputs_by_datum ON outputs (datum_id);
 -- Resuming a job asks which of its datums are done: without this, a scan of all of them.
 CREATE INDEX IF NOT EXISTS job_datums_done ON job_datums (job_id)
     WHERE state IN ('success', 'failed', 'recovered', 'skipped');
--- S3 outputs: the bucket's commit records this ledger mirrors (key -> JSON body).
-CREATE TABLE IF NOT EXISTS bucket_records (key TEXT PRIMARY KEY, body TEXT NOT NULL);
+-- S3 outputs: the bucket's commit records this ledger mirrors (a key may be written again
+-- after its record was deleted, so a cached body is good for its ETag only).
+CREATE TABLE IF NOT EXISTS record_cache (
+    key TEXT PRIMARY KEY, etag TEXT NOT NULL, body TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS intents (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, datum_id TEXT NOT NULL, op TEXT NOT NULL,
     path TEXT NOT NULL, source TEXT NOT NULL DEFAULT ''
@@ -334,14 +337,16 @@ class Ledger:
 
     # ----- a mirror of an output repo in a bucket (S3 outputs) -----------------------------
 
-    def bucket_records(self) -> dict[str, str]:
-        """The commit records already fetched from the bucket: key -> JSON body."""
-        return dict(self._query("SELECT key, body FROM bucket_records"))
+    def bucket_records(self) -> dict[str, tuple[str, str]]:
+        """The commit records already fetched from the bucket: key -> (ETag, JSON body)."""
+        return {key: (etag, body) for key, etag, body in
+                self._query("SELECT key, etag, body FROM record_cache")}
 
-    def cache_bucket_records(self, rows: Sequence[tuple[str, str]]) -> None:
-        """Remember (key, body) of records this process wrote, so no later sync fetches them."""
-        self._transaction([("INSERT OR REPLACE INTO bucket_records (key, body) VALUES (?, ?)",
-                            row) for row in rows])
+    def cache_bucket_records(self, rows: Sequence[tuple[str, str, str]]) -> None:
+        """Remember (key, ETag, body) of records this process wrote, so no later sync
+        fetches them."""
+        self._transaction([("INSERT OR REPLACE INTO record_cache (key, etag, body) "
+                            "VALUES (?, ?, ?)", row) for row in rows])
 
     def mirror(self, m: BucketMirror) -> None:
         """Make the ledger say what the bucket's records say, in one transaction.
@@ -351,9 +356,9 @@ class Ledger:
         follows the bucket's listing.
         """
         stmts: list[tuple[str, Sequence[Any]]] = [
-            ("DELETE FROM bucket_records WHERE key = ?", (key,)) for key in m.dropped]
-        stmts += [("INSERT OR REPLACE INTO bucket_records (key, body) VALUES (?, ?)", row)
-                  for row in m.fetched]
+            ("DELETE FROM record_cache WHERE key = ?", (key,)) for key in m.dropped]
+        stmts += [("INSERT OR REPLACE INTO record_cache (key, etag, body) VALUES (?, ?, ?)",
+                   row) for row in m.fetched]
         stmts += [("DELETE FROM datums", ()), ("DELETE FROM outputs", ())]
         stmts += [("INSERT INTO datums (datum_id, hash, state, job_id) VALUES (?, ?, ?, ?)",
                    row) for row in m.datums]
@@ -383,7 +388,7 @@ class BucketMirror:
     """What `Ledger.mirror` writes: rows in the tables' column order."""
 
     dropped: Sequence[str]  # record keys no longer in the bucket
-    fetched: Sequence[tuple[str, str]]  # (key, body) of records fetched now
+    fetched: Sequence[tuple[str, str, str]]  # (key, ETag, body) of records fetched now
     datums: Sequence[tuple[str, str, str, str]]
     outputs: Sequence[tuple[str, str]]  # (path, datum id)
     job_datums: Sequence[tuple[Any, ...]]

@@ -165,35 +165,39 @@ class BucketRecords:
         self.bucket = bucket
         self.layout = layout
 
-    def mirror(self, ledger: Ledger, shard: Shard | None = None) -> Snapshot:
+    def mirror(self, ledger: Ledger, shard: Shard | None = None, *,
+               every_output: bool = True) -> Snapshot:
         """List records, blobs and jobs; fetch the records the ledger has not seen; make the
         ledger say what they say. Returns what was found, for recovery.
 
-        Every datum's state and outputs are mirrored (the conflict check needs them all);
-        the jobs and each datum's row in its job only of `shard` (None: an unsharded job), so
-        a shard's ledger holds its own, as a shard's ledger in a shared directory does."""
+        The jobs and each datum's row in its job only of `shard` (None: an unsharded job), so
+        a shard's ledger holds its own, as a shard's ledger in a shared directory does. Every
+        datum's state and outputs too when `every_output` (a running shard's conflict check
+        needs them all), else only the shard's own (a view `jobview` merges)."""
         owns = shard.owns if shard is not None else everyone
+        mine = owns if not every_output else everyone
         snap = Snapshot({}, {}, {})
-        listed: set[str] = set()
-        for key, _size in self.bucket.list(self.layout.commits):
+        listed: dict[str, str] = {}  # key -> ETag
+        for key, _size, etag in self.bucket.list(self.layout.commits):
             datum, _, name = key[len(self.layout.commits):].partition("/")
             if not name.endswith(".json") or not name[:-5].isdigit():
                 continue
             snap.seqs.setdefault(datum, []).append(int(name[:-5]))
-            listed.add(key)
+            listed[key] = etag
         for seqs in snap.seqs.values():
             seqs.sort()
-        for key, _size in self.bucket.list(self.layout.blobs):
+        for key, _size, _etag in self.bucket.list(self.layout.blobs):
             datum, _, rest = key[len(self.layout.blobs):].partition("/")
             token, _, _path = rest.partition("/")
             snap.blobs.setdefault(datum, {}).setdefault(token, []).append(key)
         cached = ledger.bucket_records()
         # Older records are needed only to finish an interrupted commit (recover).
         wanted = [self.layout.record(d, s) for d, seqs in snap.seqs.items() for s in seqs]
-        missing = [key for key in wanted if key not in cached]
+        known = {k for k in wanted if k in cached and cached[k][0] == listed[k]}
+        missing = [key for key in wanted if key not in known]
         bodies = self.bucket.run_all(lambda k: self.bucket.get(k).decode(), missing)
-        fetched = list(zip(missing, bodies, strict=True))
-        for key, body in [*((k, cached[k]) for k in wanted if k in cached), *fetched]:
+        fetched = [(key, listed[key], body) for key, body in zip(missing, bodies, strict=True)]
+        for key, _etag, body in [*((k, *cached[k]) for k in known), *fetched]:
             try:
                 snap.records[key] = Record.parse(body)
             except (ValueError, KeyError, TypeError) as exc:
@@ -205,12 +209,12 @@ class BucketRecords:
         ledger.mirror(BucketMirror(
             dropped=[k for k in cached if k not in listed],
             fetched=fetched,
-            datums=[(r.datum, r.hash, r.state, r.job) for r in live],
-            outputs=[(path, r.datum) for r in live for path, _ in r.outputs],
+            datums=[(r.datum, r.hash, r.state, r.job) for r in live if mine(r.datum)],
+            outputs=[(path, r.datum) for r in live if mine(r.datum) for path, _ in r.outputs],
             # A cached record's row in its job was written before the record was cached.
             job_datums=[(r.job, r.datum, r.hash, r.inputs, r.state, r.attempts, r.seconds,
                          r.error, len(r.outputs), r.ended) for r in live
-                        if owns(r.datum) and self.layout.record(r.datum, r.seq) not in cached],
+                        if owns(r.datum) and self.layout.record(r.datum, r.seq) not in known],
             jobs=self._jobs(shard.key if shard is not None else "")))
         return snap
 
@@ -232,7 +236,7 @@ class BucketRecords:
                  j.get("message", "")) for job_id, j in latest.items()]
 
     def _job_objects(self) -> list[dict[str, Any]]:
-        keys = [key for key, _ in self.bucket.list(self.layout.jobs())]
+        keys = [key for key, _, _ in self.bucket.list(self.layout.jobs())]
         jobs = []
         for key, body in zip(keys, self.bucket.run_all(self.bucket.get, keys), strict=True):
             try:
@@ -256,7 +260,7 @@ class BucketRecords:
     def logs(self, job_id: str, into: str) -> list[str]:
         """Download every writer's log of `job_id` into the directory `into`; their paths."""
         paths = []
-        for n, (key, _size) in enumerate(self.bucket.list(self.layout.logs(job_id))):
+        for n, (key, _size, _etag) in enumerate(self.bucket.list(self.layout.logs(job_id))):
             path = os.path.join(into, f"{n}.jsonl")
             with open(path, "wb") as f:
                 f.write(self.bucket.get(key))
@@ -297,7 +301,7 @@ def bucket_view(url: str, state_dir: str, pipeline: str) -> str:
         workspace.create()
         ledger = Ledger(workspace.ledger_path)
         try:
-            records.mirror(ledger, workspace.shard)
+            records.mirror(ledger, workspace.shard, every_output=False)
         finally:
             ledger.close()
     return view
@@ -324,6 +328,7 @@ class S3OutputRepo(OutputRepo):
         self._seqs: dict[str, list[int]] = {}
         self._newest: dict[str, Record] = {}
         self._inputs: dict[str, str] = {}
+        self._etags: dict[str, str] = {}  # record key -> ETag, of records written here
         self._seq_lock = threading.Lock()
         self._log_path: str | None = None
         self._log_sent = 0.0
@@ -417,7 +422,7 @@ class S3OutputRepo(OutputRepo):
         with self._lock:
             owned = self._outputs()
             return [display(key[len(self.layout.outputs):])
-                    for key, _ in self.bucket.list(self.layout.outputs)
+                    for key, _, _ in self.bucket.list(self.layout.outputs)
                     if key[len(self.layout.outputs):] not in owned]
 
     def register_later(self, rows: Sequence[tuple[str, str, str, str]]) -> None:
@@ -560,8 +565,9 @@ class S3OutputRepo(OutputRepo):
         return None
 
     def _put_record(self, record: Record) -> None:
-        self.bucket.put(self.layout.record(record.datum, record.seq), record.body().encode(),
-                        create=True)
+        key = self.layout.record(record.datum, record.seq)
+        # From the write pool's threads: one dict item each, which the GIL keeps whole.
+        self._etags[key] = self.bucket.put(key, record.body().encode(), create=True)
 
     def _mirror_endings(self, done: Sequence[tuple[_Ending, Record]]) -> None:
         """The ledger is only a cache here: a failure to write it costs a fetch next time."""
@@ -570,8 +576,12 @@ class S3OutputRepo(OutputRepo):
                 DatumEnding(e.datum_id, r.hash, e.state, e.attempts, e.seconds, e.error,
                             e.intents) for e, r in done])
             self.ledger.clear_intents(seqs)
+            keys = [self.layout.record(r.datum, r.seq) for _, r in done]
+            etags = [self._etags.pop(key, "") for key in keys]
+            # Without its ETag a record cannot be told from a later one of the same key.
             self.ledger.cache_bucket_records([
-                (self.layout.record(r.datum, r.seq), r.body()) for _, r in done])
+                (key, etag, r.body()) for key, etag, (_, r) in zip(keys, etags, done, strict=True)
+                if etag])
         except LedgerError as exc:
             log.warning("the local ledger could not mirror %d committed datum(s) (%s); the "
                         "next run reads them from the bucket", len(done), exc)

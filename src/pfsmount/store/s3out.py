@@ -56,13 +56,13 @@ class OutputBucket:
 
     # ----- reads ---------------------------------------------------------------------------
 
-    def list(self, prefix: str) -> Iterator[tuple[str, int]]:
-        """(key, size) of every object under `prefix`, in key order."""
+    def list(self, prefix: str) -> Iterator[tuple[str, int, str]]:
+        """(key, size, ETag) of every object under `prefix`, in key order."""
         try:
             paginator = self.bucket.client.get_paginator("list_objects_v2")
             for page in paginator.paginate(Bucket=self.name, Prefix=prefix):
                 for obj in page.get("Contents", ()):
-                    yield obj["Key"], obj["Size"]
+                    yield obj["Key"], obj["Size"], obj["ETag"].strip('"')
         except Exception as exc:
             raise BucketWriteError(f"listing {self.url(prefix)}: {self._why(exc)}") from None
 
@@ -76,19 +76,20 @@ class OutputBucket:
 
     # ----- writes --------------------------------------------------------------------------
 
-    def put(self, key: str, data: bytes, *, create: bool = False) -> None:
+    def put(self, key: str, data: bytes, *, create: bool = False) -> str:
         """Write one small object; with `create`, only if `key` does not exist yet
-        (`If-None-Match: *`), else AlreadyExists."""
+        (`If-None-Match: *`), else AlreadyExists. Returns its ETag."""
         import obstore
         from obstore.exceptions import AlreadyExistsError
 
         try:
-            obstore.put(self.bucket.object_store(), key, data,
-                        mode="create" if create else "overwrite")
+            result = obstore.put(self.bucket.object_store(), key, data,
+                                 mode="create" if create else "overwrite")
         except AlreadyExistsError:
             raise AlreadyExists(self.url(key)) from None
         except Exception as exc:
             raise BucketWriteError(f"writing {self.url(key)}: {self._why(exc)}") from None
+        return str(result.get("e_tag") or "").strip('"')
 
     def upload(self, key: str, path: str) -> None:
         """Upload the local file `path` as `key`; multipart, parts in parallel, when large."""
