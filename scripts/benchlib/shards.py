@@ -116,5 +116,9 @@ def render_shards(r: Mapping[str, Any]) -> tuple[str, list[str]]:
 def shards_targets(r: Mapping[str, Any]) -> list[Any]:
     from benchlib.report import at_least
 
+    # Both are judged: the summed rate says how well N processes scale, the whole job's rate is
+    # what a user waits for (capped by the uneven shares hash assignment gives).
     return [at_least("I/O-bound datums/s, 3 shards together / 1 process", r["speedup"], 2.7,
-                     "x", ".2f")]
+                     "x", ".2f"),
+            at_least("I/O-bound datums/s, 3 shards whole job / 1 process", r["job_speedup"],
+                     2.7, "x", ".2f")]

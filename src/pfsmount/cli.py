@@ -77,6 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--job", default=None, metavar="NAME",
                      help="the job's name, shared by all its shards (default: $PFSMOUNT_JOB; "
                           "shards without one derive it from the spec and N)")
+    run.add_argument("--cache-dir", default=None, metavar="DIR",
+                     help="with s3:// data: also cache fetched object bytes in DIR (kept "
+                          "across runs; default: memory only)")
+    run.add_argument("--cache-size", type=_size, default=None, metavar="SIZE",
+                     help="with s3:// data: the cache's bound, e.g. 512M or 4G: of --cache-dir "
+                          "when given (default 2G), else of the memory cache (default 128M)")
     run.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
     ls = sub.add_parser("list-datums", help="print the datums a pipeline would process")
@@ -131,6 +137,18 @@ def _port(text: str) -> int:
         raise argparse.ArgumentTypeError(
             f"{text!r} is not a TCP port: use 1-65535, or 0 to let the system choose one")
     return port
+
+
+def _size(text: str) -> int:
+    from pfsmount.store.cache import parse_size
+
+    try:
+        size = parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if size < 1 << 20:
+        raise argparse.ArgumentTypeError(f"{text!r} is too small for a cache: use 1M or more")
+    return size
 
 
 def _jobs(text: str) -> int:
@@ -213,6 +231,25 @@ def _output_url(args: argparse.Namespace) -> str | None:
             or os.environ.get("PFSMOUNT_OUTPUT_DIR"):
         return None
     return data
+
+
+def _configure_cache(args: argparse.Namespace, data: str, console: Console) -> bool:
+    """Apply --cache-dir/--cache-size to the S3 reads of this process; False after printing
+    why they cannot be used."""
+    from pfsmount.store import is_remote
+
+    cache_dir, cache_size = getattr(args, "cache_dir", None), getattr(args, "cache_size", None)
+    if not is_remote(data):
+        if cache_dir is not None or cache_size is not None:
+            console.error("--cache-dir and --cache-size are for s3:// data; a local --data "
+                          "directory is read directly (drop them)")
+            return False
+        return True
+    from pfsmount.store.cache import CacheSettings
+    from pfsmount.store.s3 import configure_cache
+
+    configure_cache(CacheSettings.from_options(cache_dir, cache_size))
+    return True
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -387,6 +424,8 @@ def _cmd_run(args: argparse.Namespace, console: Console) -> int:
             console.error(str(exc))
             return EXIT_USAGE
     data_dir = _data_location(args)
+    if not _configure_cache(args, data_dir, console):
+        return EXIT_USAGE
     try:
         docs = load_specs(args.spec)
     except SpecError as exc:
@@ -428,7 +467,7 @@ def run_pipeline(doc: SpecDocument, data_dir: str, args: argparse.Namespace,
 
     spec = doc.spec
     state_dir = _state_dir(args, console)
-    if state_dir is None:
+    if state_dir is None or not _configure_cache(args, data_dir, console):
         return EXIT_USAGE
     try:
         # A DAG step's child never shards: its parent's environment must not make it one.

@@ -187,6 +187,10 @@ class _Children:
             self.base += ["--state-dir", args.state_dir]
         if args.parallelism:
             self.base += ["--parallelism", str(args.parallelism)]
+        if getattr(args, "cache_dir", None) is not None:
+            self.base += ["--cache-dir", os.path.abspath(args.cache_dir)]
+        if getattr(args, "cache_size", None) is not None:
+            self.base += ["--cache-size", str(args.cache_size)]
         if args.verbose:
             self.base.append("--verbose")
 
