@@ -7,7 +7,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pfsmount import __version__
@@ -16,6 +16,7 @@ from pfsmount.names import display, json_text
 
 if TYPE_CHECKING:
     from pfsmount.datums import DatumInput
+    from pfsmount.joblog import LogLine
     from pfsmount.spec import PipelineSpec, SpecDocument
 
 # The exit codes of `pfsmount run`, documented in README.md ("Exit codes").
@@ -177,32 +178,59 @@ def _data_arg(p: argparse.ArgumentParser) -> None:
                    help="directory holding one directory per repo, or s3://BUCKET[/PREFIX] "
                         "holding one prefix per repo (default: $PFSMOUNT_DATA or ./data)")
     p.add_argument("--output-dir", default=None, metavar="DIR",
-                   help="with s3:// data: the local directory for the output repo and job "
-                        "records (default: $PFSMOUNT_OUTPUT_DIR)")
+                   help="with s3:// data: keep the output repo and job records in this local "
+                        "directory instead of the bucket (default: $PFSMOUNT_OUTPUT_DIR)")
+    p.add_argument("--state-dir", default=None, metavar="DIR",
+                   help="with s3:// data: this machine's local state (staging, a cache of the "
+                        "bucket's job records, logs; default: $PFSMOUNT_STATE_DIR or "
+                        "~/.cache/pfsmount/s3/BUCKET/PREFIX); any machine may resume a job")
 
 
 def _state_dir(args: argparse.Namespace, console: Console) -> str | None:
-    """Where the output repo, ledger and logs live, or None after printing why not.
+    """Where the ledger, staging and logs live, or None after printing why not.
 
-    Local data keeps them in the data directory, as always. S3 data keeps its inputs in the
-    bucket, but outputs are not written back to S3 yet: they go to a local --output-dir.
+    Local data keeps them (and the output repo) in the data directory, as always. S3 data
+    writes its output repo and job records to the bucket and keeps only a local cache in
+    the state directory, unless --output-dir keeps everything in a local directory.
     """
     from pfsmount.store import is_remote
 
     data = args.data or _default_data_dir()
     out = getattr(args, "output_dir", None) or os.environ.get("PFSMOUNT_OUTPUT_DIR")
+    state = getattr(args, "state_dir", None) or os.environ.get("PFSMOUNT_STATE_DIR")
     if not is_remote(data):
-        if getattr(args, "output_dir", None):
-            console.error("--output-dir is only for s3:// data; with a local --data DIR the "
-                          "output repo is DIR/<pipeline> (drop --output-dir)")
-            return None
+        for flag in ("output_dir", "state_dir"):
+            if getattr(args, flag, None):
+                console.error(f"--{flag.replace('_', '-')} is only for s3:// data; with a "
+                              "local --data DIR the output repo and its records are in DIR "
+                              f"(drop --{flag.replace('_', '-')})")
+                return None
         return os.path.abspath(data)
-    if not out:
-        console.error(f"--data {data}: outputs are not written to S3 yet; pass --output-dir DIR "
-                      "(or set PFSMOUNT_OUTPUT_DIR), a local directory for the output repo "
-                      "and the job records")
+    if out:
+        return os.path.abspath(out)
+    if state:
+        return os.path.abspath(state)
+    from pfsmount.store.base import StoreError
+    from pfsmount.store.s3 import parse_location
+
+    try:
+        where = parse_location(data)
+    except StoreError as exc:
+        console.error(str(exc))
         return None
-    return os.path.abspath(out)
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(cache, "pfsmount", "s3", where.bucket, where.prefix.rstrip("/"))
+
+
+def _output_url(args: argparse.Namespace) -> str | None:
+    """The s3:// location whose PREFIX/<pipeline>/ is the output repo, or None (local)."""
+    from pfsmount.store import is_remote
+
+    data = args.data or _default_data_dir()
+    if not is_remote(data) or getattr(args, "output_dir", None) \
+            or os.environ.get("PFSMOUNT_OUTPUT_DIR"):
+        return None
+    return data
 
 
 def _configure_cache(args: argparse.Namespace, data: str, console: Console) -> bool:
@@ -417,12 +445,12 @@ def _cmd_run(args: argparse.Namespace, console: Console) -> int:
     from pfsmount.dagcli import run_dag_command
     from pfsmount.store import is_remote
 
-    if is_remote(data_dir):
+    if is_remote(data_dir) and _output_url(args) is None:
         # A step's output repo would land in the local --output-dir, where the next step,
         # reading s3://, would never find it.
-        console.error(f"--data {data_dir}: a DAG (several pipelines, or --watch) needs its "
-                      "repos in a local data directory until outputs are written to S3; run "
-                      "each pipeline on its own with --output-dir")
+        console.error(f"--data {data_dir}: a DAG (several pipelines, or --watch) reads each "
+                      "step's output from the bucket; drop --output-dir (and "
+                      "PFSMOUNT_OUTPUT_DIR) so outputs are written there")
         return EXIT_USAGE
     if not _check_data_dir(data_dir, console):
         return EXIT_USAGE
@@ -453,11 +481,21 @@ def run_pipeline(doc: SpecDocument, data_dir: str, args: argparse.Namespace,
     if opened is None:
         return EXIT_USAGE
     repos, datums = opened
-    if spec.location in repos and state_dir == data_dir:
+    output_url = _output_url(args)
+    if spec.location in repos and (state_dir == data_dir or output_url is not None):
         # Repos are keyed by their place under DATA, so this compares projects too.
         console.error(f"{spec.source}: pipeline.name: '{spec.name}' is also an input repo; the "
                       "output repo would overwrite it (rename the pipeline)")
         return EXIT_USAGE
+    if output_url is not None:
+        from pfsmount.s3output import check_writable
+        from pfsmount.store.base import StoreError
+
+        try:
+            check_writable(output_url, spec.location)
+        except StoreError as exc:
+            console.error(str(exc))
+            return EXIT_USAGE
     if not datums:
         console.warn("the input matched no datums; the output will be empty")
     workdir = _workdir(doc.path, spec.transform.working_dir)
@@ -467,7 +505,7 @@ def run_pipeline(doc: SpecDocument, data_dir: str, args: argparse.Namespace,
     opts = RunOptions(data_dir=state_dir, workdir=workdir,
                       mountpoint=os.path.abspath(args.mountpoint), port=args.port,
                       shared_tmp=args.shared_tmp, parallelism=args.parallelism,
-                      shard=shard, job_name=job_name)
+                      shard=shard, job_name=job_name, output_url=output_url)
     console.info(f"{len(datums)} datums"
                  + (f" (shard {shard} of job {job_name} runs its share)" if shard else "")
                  + f"; mounting {opts.mountpoint}; running {' '.join(spec.transform.cmd)}")
@@ -551,6 +589,7 @@ def _summarize(report, console: Console, spec_path: str) -> int:
 
 def _cmd_logs(args: argparse.Namespace, console: Console) -> int:
     from pfsmount.joblog import read_lines_at
+    from pfsmount.store.base import StoreError
 
     found = _find_job(args, console, args.job)
     if found is None:
@@ -570,10 +609,14 @@ def _cmd_logs(args: argparse.Namespace, console: Console) -> int:
     out = sys.stdout
     damaged: list[int] = []
     found_any = False
-    # A sharded job has a log per shard: shown one shard after the other.
-    for path in ledger.log_paths(job["job_id"]):
+    # A sharded job has a log per shard: shown one shard after the other. With outputs in a
+    # bucket, every writer's log is there, merged in time order.
+    sources = ([_bucket_log(args, job["pipeline"], job["job_id"], damaged.append)]
+               if _output_url(args) is not None else
+               [read_lines_at(path, damaged.append) for path in ledger.log_paths(job["job_id"])])
+    for lines in sources:
         try:
-            for line in read_lines_at(path, damaged.append):
+            for line in lines:
                 found_any = True
                 if wanted is not None and line.datum not in wanted:
                     continue
@@ -583,7 +626,7 @@ def _cmd_logs(args: argparse.Namespace, console: Console) -> int:
                 out.write(f"[{tag} {line.stream}] {line.text}\n")
         except FileNotFoundError:
             continue
-        except OSError as exc:
+        except (OSError, StoreError) as exc:
             console.error(f"cannot read the log of job {job['job_id'][:12]}: {exc}")
             return EXIT_USAGE
     if not found_any:
@@ -597,6 +640,24 @@ def _cmd_logs(args: argparse.Namespace, console: Console) -> int:
     return EXIT_OK
 
 
+def _bucket_log(args: argparse.Namespace, pipeline: str, job_id: str,
+                on_damaged: Callable[[int], None]) -> Iterator[LogLine]:
+    """A job's log lines from the bucket, every writer's (each machine that ran part of
+    it), in time order."""
+    import tempfile
+
+    from pfsmount.joblog import read_lines_at
+    from pfsmount.s3output import records_of
+
+    records = records_of(_output_url(args) or "", pipeline)
+    with tempfile.TemporaryDirectory(prefix="pfsmount-logs-") as scratch:
+        paths = records.logs(job_id, scratch)
+        if not paths:
+            raise FileNotFoundError(job_id)
+        lines = [line for path in paths for line in read_lines_at(path, on_damaged)]
+    yield from sorted(lines, key=lambda line: line.time)
+
+
 def _open_ledger(args: argparse.Namespace, console: Console):
     """The pipeline's job records (`jobview.JobRecords`: every shard's, merged), or None."""
     from pfsmount.jobview import JobRecords, has_records
@@ -608,6 +669,9 @@ def _open_ledger(args: argparse.Namespace, console: Console):
     pipeline = _pipeline_name(args.pipeline, console)
     if pipeline is None:
         return None
+    url = _output_url(args)
+    if url is not None:
+        return _mirrored_records(url, data_dir, pipeline, console)
     if not has_records(data_dir, pipeline):
         console.error(f"no job of pipeline '{pipeline}' is recorded in {data_dir} "
                       "(run it first, or pass --data DIR)")
@@ -615,6 +679,26 @@ def _open_ledger(args: argparse.Namespace, console: Console):
     try:
         return JobRecords(data_dir, pipeline)
     except LedgerError as exc:
+        console.error(str(exc))
+        return None
+
+
+def _mirrored_records(url: str, state_dir: str, pipeline: str, console: Console):
+    """The job records of the bucket, mirrored below the local state directory (they are
+    the truth: any machine, any shard, may have run the pipeline's jobs)."""
+    from pfsmount.jobview import JobRecords, has_records
+    from pfsmount.ledger import LedgerError
+    from pfsmount.s3output import bucket_view
+    from pfsmount.store.base import StoreError
+
+    try:
+        view = bucket_view(url, state_dir, pipeline)
+        if not has_records(view, pipeline):
+            console.error(f"no job of pipeline '{pipeline}' is recorded in {url} "
+                          "(run it first, or check --data)")
+            return None
+        return JobRecords(view, pipeline)
+    except (StoreError, LedgerError, OSError) as exc:
         console.error(str(exc))
         return None
 
@@ -740,11 +824,23 @@ def _pipeline_name(arg: str, console: Console) -> str | None:
 
 
 def _is_pipeline(args: argparse.Namespace, target: str) -> bool:
-    """A spec path, or the name of a pipeline with a ledger in the data directory."""
+    """A spec path, or the name of a pipeline with a ledger in the data directory (records
+    in the bucket, for S3 outputs)."""
     from pfsmount.jobview import has_records
 
+    if os.path.exists(target):
+        return True
+    url = _output_url(args)
+    if url is not None:
+        from pfsmount.store.base import StoreError
+        from pfsmount.store.s3out import has_objects
+
+        try:
+            return has_objects(url, f".pfsmount/{target}/")
+        except StoreError:
+            return False  # taken for a job id; opening the pipeline then says what is wrong
     data_dir = os.path.abspath(args.data or _default_data_dir())
-    return os.path.exists(target) or has_records(data_dir, target)
+    return has_records(data_dir, target)
 
 
 def _pipelines(targets: Sequence[str], console: Console) -> list[str] | None:

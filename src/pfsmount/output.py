@@ -33,6 +33,7 @@ import stat
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import pyfuse3
 
@@ -50,7 +51,15 @@ class OutputConflict(Exception):
 
 
 class _NotRecorded(Exception):
-    """A group of endings could not be recorded; nothing of it changed."""
+    """A group of endings could not be recorded; nothing of it changed, except for a store
+    that commits datum by datum: the endings in `committed` (datum ids) got through, and
+    those in `failed` (datum id -> why) failed for good, so trying them alone is pointless."""
+
+    def __init__(self, message: str, committed: frozenset[str] = frozenset(),
+                 failed: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.committed = committed
+        self.failed = failed or {}
 
 
 @dataclass
@@ -91,9 +100,12 @@ class OutputRepo:
         self._releases: set[str] = set()  # output paths queued endings delete
         self.workspace = Workspace.of(self.data_dir, self.pipeline, self.shard)
         self.staging_root = self.workspace.staging_root
-        self.repo_dir = self.workspace.repo_dir
+        self.repo_dir = self.workspace.repo_dir  # where the output repo is, for people
         self._attempts = 0
         self._worker_dirs: set[int] = set()  # workers whose staging directory exists
+        self._open_repo()
+
+    def _open_repo(self) -> None:
         os.makedirs(self.repo_dir, exist_ok=True)
 
     # ----- start of a run -------------------------------------------------------------
@@ -150,6 +162,25 @@ class OutputRepo:
         """
         with self._lock:
             self._unregistered = rows
+
+    # ----- the job's record where the output repo is -----------------------------------
+
+    def publish_job(self, job: dict[str, Any]) -> None:
+        """Make the job's row (`Ledger.job`) readable by any machine that reads this output
+        repo. Locally the ledger beside the output repo already is."""
+
+    def publish_log(self, job_id: str, path: str, *, final: bool) -> None:
+        """Make the job log at `path` readable beside the output repo (locally it is)."""
+
+    def shard_conflicts(self) -> list[str]:
+        """A shard's output paths that datums of another shard wrote too (each a message):
+        this shard's outputs are published for the others first (`shardjob`). Empty when
+        the job is not sharded."""
+        if self.shard is None:
+            return []
+        from pfsmount.shardjob import publish_outputs
+
+        return publish_outputs(self.workspace, self.ledger)
 
     # ----- datum attempts ---------------------------------------------------------------
 
@@ -229,8 +260,13 @@ class OutputRepo:
         vetted, failures = self._vet(batch)
         try:
             self._commit(vetted)
-        except _NotRecorded:
+        except _NotRecorded as group:
             for ending in vetted:
+                if ending.datum_id in group.committed:
+                    continue
+                if ending.datum_id in group.failed:
+                    failures += self._fail([ending], group.failed[ending.datum_id])
+                    continue
                 try:
                     self._commit([ending])
                 except _NotRecorded as exc:
@@ -330,14 +366,7 @@ class OutputRepo:
         except (OSError, LedgerError) as exc:
             raise _NotRecorded(str(exc)) from None
         _crash_point("after-ledger")
-        with self._lock:
-            index = self._outputs()
-            for e in batch:
-                for it in e.intents:
-                    if it.op == "add":
-                        index.add(it.path, e.datum_id)
-                    else:
-                        index.remove(it.path)
+        self._index_endings(batch)
         # From here on the ledger has promised these files: a failure is finished by
         # recover() at the next start, never rolled back.
         for e in batch:
@@ -349,6 +378,17 @@ class OutputRepo:
                 shutil.rmtree(e.staging, ignore_errors=True)
 
     # ----- internals ------------------------------------------------------------------
+
+    def _index_endings(self, batch: Sequence[_Ending]) -> None:
+        """Make the in-memory owners say what the committed `batch` changed."""
+        with self._lock:
+            index = self._outputs()
+            for e in batch:
+                for it in e.intents:
+                    if it.op == "add":
+                        index.add(it.path, e.datum_id)
+                    else:
+                        index.remove(it.path)
 
     def _foreign_tree(self, path: str) -> bool:
         """True if a file at `path` would replace a non-empty directory no datum wrote."""

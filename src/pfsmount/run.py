@@ -46,11 +46,11 @@ from pfsmount.shardjob import (
     LayoutError,
     check_layout,
     choose_job,
-    publish_outputs,
 )
 from pfsmount.shards import Shard, select
 from pfsmount.shims import NATIVE_PACHCTL, write_pachctl
 from pfsmount.spec import PipelineSpec
+from pfsmount.store.base import StoreError
 from pfsmount.store.local import RepoIndex
 from pfsmount.supervisor import Supervisor, fmt_seconds
 from pfsmount.usercode import lifeline
@@ -83,6 +83,9 @@ class RunOptions:
     parallelism: int | None = None  # workers; overrides the spec's parallelism_spec
     shard: Shard | None = None  # run only this shard's datums (`shards.py`)
     job_name: str | None = None  # the job id every shard of a job shares
+    # s3://BUCKET[/PREFIX]: the output repo is PREFIX/<pipeline>/ there, and data_dir only
+    # holds the local state (staging, the ledger's mirror of the bucket's records, logs).
+    output_url: str | None = None
 
 
 @dataclass
@@ -309,6 +312,9 @@ def plan_job(spec: PipelineSpec, repos: Mapping[str, RepoIndex], datums: Sequenc
             to_run.append(d)
             rows.append((d.id, known, inputs, "pending"))
     ledger.start_job(job_id, spec.location, spec_hash, spec.salt, len(datums))
+    job = ledger.job(job_id)
+    if job is not None:
+        output.publish_job(job)
     output.job_id = job_id
     output.register_later(rows)
     output.load_index()
@@ -365,13 +371,12 @@ async def _locked_job(
         ledger = Ledger(workspace.ledger_path)
     except LedgerError as exc:
         raise RunError(str(exc)) from None
-    output = OutputRepo(opts.data_dir, spec.location, ledger, shard=workspace.shard,
-                        foreign=ForeignOutputs(workspace) if workspace.shard else None)
     try:
+        output = await trio.to_thread.run_sync(open_output, opts, workspace, ledger)
         with bulk_allocation():
             plan = await trio.to_thread.run_sync(
                 plan_job, spec, repos, datums, output, ledger, spec_hash, opts.job_name)
-    except LedgerError as exc:
+    except (LedgerError, StoreError) as exc:
         ledger.close()
         raise RunError(str(exc)) from None
     by_id = {d.id: d for d in datums}
@@ -388,12 +393,13 @@ async def _locked_job(
                      f"{'was' if len(untracked) == 1 else 'were'} not written by any "
                      f"datum (e.g. {untracked[0]}); they are left as they are")
     joblog = JobLog(opts.data_dir, spec.location, plan.job_id, workspace.logs_dir)
+    output.publish_log(plan.job_id, joblog.lines_path, final=False)
     problems: list[str] = []
     # Output paths written by datums of two shards: found at the latest when the next run of
     # either starts, reported (and failing the job) as on one machine.
     shard_conflicts: list[str] = []
     if workspace.shard is not None:
-        shard_conflicts = await trio.to_thread.run_sync(publish_outputs, workspace, ledger)
+        shard_conflicts = await trio.to_thread.run_sync(output.shard_conflicts)
         for conflict in shard_conflicts:
             console.error(conflict)
         problems += shard_conflicts
@@ -421,7 +427,7 @@ async def _locked_job(
     except RuntimeError as exc:
         rundir.remove()
         output.flush()  # registers the job's datums, so the failed job lists them
-        ledger.end_job(plan.job_id, "failed", f"cannot mount: {exc}")
+        _end_job(ledger, output, plan.job_id, "failed", f"cannot mount: {exc}")
         raise RunError(f"cannot mount FUSE at {opts.mountpoint}: {exc} "
                        "(is /dev/fuse present, and are you root?)") from None
     outcome = "failed"
@@ -452,9 +458,12 @@ async def _locked_job(
             raise
         # Found out only by trying (a port taken since the check): the job ends, saying why.
         console.end_progress()
-        await trio.to_thread.run_sync(ledger.end_job, plan.job_id, "failed", str(refused))
+        await trio.to_thread.run_sync(_end_job, ledger, output, plan.job_id, "failed",
+                                      str(refused))
         ledger.close()
         joblog.close()
+        await trio.to_thread.run_sync(functools.partial(
+            output.publish_log, plan.job_id, joblog.lines_path, final=True))
         raise refused from None
     finally:
         wake.close()
@@ -469,13 +478,13 @@ async def _locked_job(
         workers=[(w.attempts, w.busy_seconds) for w in loop.workers],
     )
     if workspace.shard is not None:
-        later = await trio.to_thread.run_sync(publish_outputs, workspace, ledger)
+        later = await trio.to_thread.run_sync(output.shard_conflicts)
         shard_conflicts += [c for c in later if c not in shard_conflicts]
         report.problems += [c for c in later if c not in report.problems]
     if (report.count(DatumState.FAILED) or shard_conflicts) and report.outcome == "success":
         report.outcome = "failed"
     try:
-        await trio.to_thread.run_sync(ledger.end_job, plan.job_id, report.outcome,
+        await trio.to_thread.run_sync(_end_job, ledger, output, plan.job_id, report.outcome,
                                       "; ".join(problems))
     except LedgerError as exc:
         # The job's row keeps saying "running": the next run resumes it and does again
@@ -486,7 +495,30 @@ async def _locked_job(
             "resumes it and runs the others again")
     ledger.close()
     joblog.close()
+    await trio.to_thread.run_sync(functools.partial(
+        output.publish_log, plan.job_id, joblog.lines_path, final=True))
     return report
+
+
+def open_output(opts: RunOptions, workspace: Workspace, ledger: Ledger) -> OutputRepo:
+    """The pipeline's output repo: beside the data, or in the bucket. A shard's commits,
+    recovers and forgets only its own datums either way."""
+    shard = workspace.shard
+    if opts.output_url is None:
+        return OutputRepo(opts.data_dir, workspace.pipeline, ledger, shard=shard,
+                          foreign=ForeignOutputs(workspace) if shard else None)
+    from pfsmount.s3output import S3OutputRepo
+
+    return S3OutputRepo(opts.data_dir, workspace.pipeline, ledger, shard=shard,
+                        location=opts.output_url)
+
+
+def _end_job(ledger: Ledger, output: OutputRepo, job_id: str, state: str,
+             message: str = "") -> None:
+    ledger.end_job(job_id, state, message)
+    job = ledger.job(job_id)
+    if job is not None:
+        output.publish_job(job)
 
 
 def _only_run_error(group: BaseExceptionGroup) -> RunError | None:

@@ -9,6 +9,10 @@
     DATA/.pfsmount/<pipeline>/shard-I-of-N/         shard I's own lock, ledger, staging, logs
                                                     and run dir, laid out as above (`shards`)
 
+With `--data s3://...` (outputs in the bucket), DATA is the local state directory
+(`--state-dir`): the ledger there only mirrors the bucket's commit records, and the output
+repo and the records' own names are `s3output.Layout`'s.
+
 Repo names cannot start with a dot, so `.pfsmount` never collides with a repo. A
 `Workspace` is complete when constructed: every name is computed here, once, and each name a
 writer uses is keyed by that writer (worker index; job id for logs), so two writers never

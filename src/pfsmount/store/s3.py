@@ -254,6 +254,21 @@ class Bucket:
         """Background work that must not delay the reads of the datum running now."""
         return self._warm_pool.submit(fn, *args)
 
+    # ----- what an output repo in the bucket (store/s3out.py) shares ----------------------
+
+    @property
+    def client(self) -> Any:
+        """The botocore client (listing, and copies too big for one request)."""
+        return self._client
+
+    def object_store(self) -> Any:
+        """The obstore client (uploads, conditional PUTs, copies, deletes)."""
+        return self._obstore()
+
+    def explain(self, exc: Exception) -> str:
+        """A failed request, in words that name the bucket and the fix."""
+        return self._explain(exc)
+
 
 def _entries(label: str, url: str, objects: list[tuple[str, int, str, datetime]]) -> list[Entry]:
     """Entries of one repo prefix: files, marker directories, and every implied parent."""
