@@ -137,6 +137,19 @@ USER_CODE = """
         os.truncate(out + "/middle", 4)
         with open(out + "/trunc", "rb") as o:
             assert o.read() == b"short"
+        for gone in ("unlinked", "renamed over"):  # still open after its last name went
+            with open(out + "/gone", "wb") as o:
+                o.write(b"old")
+            with open(out + "/gone", "r+b") as o:
+                if gone == "unlinked":
+                    os.unlink(out + "/gone")
+                else:
+                    open(out + "/other", "w").close()
+                    os.rename(out + "/other", out + "/gone")
+                o.write(b"NEW")
+                o.flush()
+                o.seek(0)
+                assert o.read() == b"NEW", gone
         codes = []
         for mode in ("w", "r+"):  # an input refuses writes, at open or at write
             try:

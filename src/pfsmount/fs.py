@@ -101,6 +101,7 @@ class Handle:
     reader: Reader | None = None  # a repo file of a view, from its store
     view: View | None = None
     out: OutTree | None = None
+    inode: int = 0  # an /pfs/out file's inode: its fd answers GETATTR once the name is gone
     listing: list[tuple[bytes, int]] | None = None  # directory snapshot: (name, inode)
     workers: bool = False  # a listing of the worker roots (the mount's root, N > 1)
 
@@ -419,8 +420,21 @@ class PfsOperations(pyfuse3.Operations):
         tree = self._out_of(inode)
         if tree is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
-        return self._stat_attr(inode, os.lstat(tree.path(inode)),
+        return self._stat_attr(inode, self._out_stat(tree, inode),
                                at_root=inode == tree.root_inode)
+
+    def _out_stat(self, tree: OutTree, inode: int) -> os.stat_result:
+        """An output's stat; through an fd still open on it once its last name is gone (open,
+        unlink, read on: the kernel asks GETATTR before such a read)."""
+        try:
+            return os.lstat(tree.path(inode))
+        except FileNotFoundError:
+            cached = self._out_fds.get(inode)
+            fd = cached[0] if cached is not None else next(
+                (h.fd for h in self._handles.values() if h.inode == inode and h.fd >= 0), -1)
+            if fd < 0:
+                raise
+            return os.fstat(fd)
 
     @guarded
     async def setattr(
@@ -611,7 +625,8 @@ class PfsOperations(pyfuse3.Operations):
             return pyfuse3.FileInfo(fh=fh, keep_cache=True)
         tree = self._writable(inode)
         fd = os.open(tree.path(inode), _passthrough_flags(flags))
-        return pyfuse3.FileInfo(fh=self._new_handle(Handle(fd=fd, out=tree)), keep_cache=False)
+        return pyfuse3.FileInfo(fh=self._new_handle(Handle(fd=fd, out=tree, inode=inode)),
+                                keep_cache=False)
 
     def _prime(self, inode: int, node: Node, handle: Handle) -> None:
         """Put a small file's bytes in the kernel's page cache before its first open returns.
@@ -762,7 +777,8 @@ class PfsOperations(pyfuse3.Operations):
         except BaseException:
             os.close(fd)
             raise
-        fi = pyfuse3.FileInfo(fh=self._new_handle(Handle(fd=fd, out=tree)), keep_cache=False)
+        fi = pyfuse3.FileInfo(fh=self._new_handle(Handle(fd=fd, out=tree, inode=attr.st_ino)),
+                              keep_cache=False)
         return fi, attr
 
     @guarded
@@ -811,7 +827,26 @@ class PfsOperations(pyfuse3.Operations):
     @guarded
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         tree = self._writable(parent_inode)
-        os.unlink(tree.child_path(parent_inode, name))
+        path = tree.child_path(parent_inode, name)
+        st = self._keep_open(tree, path)
+        os.unlink(path)
+        if st is not None:
+            tree.lost_name(st)
+
+    def _keep_open(self, tree: OutTree, path: str) -> os.stat_result | None:
+        """Before a file loses a name: its stat, and under no_open an fd kept open on it.
+
+        The kernel may still have it open (open, unlink, write on is a POSIX idiom) and
+        nothing told us: its next WRITE or READ comes by inode, with no path to open.
+        """
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return None
+        inode = tree.known(st.st_ino)
+        if self.no_open and inode is not None and stat.S_ISREG(st.st_mode) and st.st_nlink == 1:
+            self._out_fd(inode, write=False)
+        return st
 
     @guarded
     async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
@@ -838,10 +873,17 @@ class PfsOperations(pyfuse3.Operations):
         tree = self._writable(parent_inode_old)
         src = tree.child_path(parent_inode_old, name_old)
         dst = tree.child_path(parent_inode_new, name_new)
+        replaced = None
+        if not flags & _linux.RENAME_EXCHANGE:
+            replaced = self._keep_open(tree, dst)  # a file renamed over loses its name
+            if replaced is not None and os.path.samestat(replaced, os.lstat(src)):
+                replaced = None  # two links of one file: rename(2) changes nothing
         if flags:
             _linux.renameat2(src, dst, flags)
         else:
             os.rename(src, dst)
+        if replaced is not None:
+            tree.lost_name(replaced)
         if flags & _linux.RENAME_EXCHANGE:
             tree.exchanged(parent_inode_old, name_old, parent_inode_new, name_new)
         else:
