@@ -845,7 +845,10 @@ class PfsOperations(pyfuse3.Operations):
             return None
         inode = tree.known(st.st_ino)
         if self.no_open and inode is not None and stat.S_ISREG(st.st_mode) and st.st_nlink == 1:
-            self._out_fd(inode, write=False)
+            try:
+                self._out_fd(inode, write=False)
+            except OSError as exc:  # the removal goes on; only a later write by inode fails
+                log.debug("cannot keep %s open before it loses its name: %s", path, exc)
         return st
 
     @guarded
