@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from benchlib import s3bench
+from benchlib import iobench, s3bench
 from benchlib.common import MIB, ROOT, SECTIONS, VENV_PY
 from benchlib.parallel import parallel_targets, render_parallel
 from benchlib.sections import ALTERNATIVES, READ_PATHS
@@ -121,6 +121,7 @@ TARGET_CHECKS: dict[str, Callable[[Mapping[str, Any]], list[Target]]] = {
     "s3": s3bench.targets,
     "parallel": parallel_targets,
     "shards": shards_targets,
+    "io": iobench.targets,
 }
 
 
@@ -256,6 +257,7 @@ RENDERERS: dict[str, Callable[[Mapping[str, Any]], tuple[str, list[str]]]] = {
     "s3": s3bench.render,
     "parallel": render_parallel,
     "shards": render_shards,
+    "io": iobench.render,
 }
 
 

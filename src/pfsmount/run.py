@@ -29,7 +29,7 @@ import trio
 from pfsmount import mountinfo
 from pfsmount.console import Console, plural
 from pfsmount.datums import Datum, datum_hash
-from pfsmount.fs import PfsOperations
+from pfsmount.fs import PfsOperations, no_open_possible, nonblocking_fuse_read
 from pfsmount.fusewake import FuseReadWatchdog
 from pfsmount.joblog import JobLog
 from pfsmount.ledger import Ledger, LedgerError
@@ -410,7 +410,7 @@ async def _locked_job(
         opts.mountpoint, opts.workdir or os.getcwd(), rundir.root, rundir.socket_path,
         *absolute_paths(spec.transform.cmd), *absolute_paths(spec.transform.err_cmd)])
     started = time.monotonic()
-    fs = PfsOperations(workers)
+    fs = PfsOperations(workers, no_open=no_open_possible())
     # One worker: /pfs itself, as always. Several: one session with a root per worker, each
     # bound on /pfs in its worker's mount namespace (the session's own mountpoint is hidden).
     fuse_at = opts.mountpoint if workers == 1 else rundir.fuse_dir
@@ -434,7 +434,8 @@ async def _locked_job(
     restarts = 0
     stopped_by = ""
     serving = trio.Event()
-    wake = FuseReadWatchdog(lifeline())
+    # pfsmount's patched pyfuse3 reads /dev/fuse without blocking: nothing to watch for.
+    wake = FuseReadWatchdog(lifeline()) if not nonblocking_fuse_read() else None
     try:
         async with trio.open_nursery() as fs_nursery:
             fs_nursery.start_soon(pyfuse3.main)
@@ -466,7 +467,8 @@ async def _locked_job(
             output.publish_log, plan.job_id, joblog.lines_path, final=True))
         raise refused from None
     finally:
-        wake.close()
+        if wake is not None:
+            wake.close()
         pyfuse3.close(unmount=True)
         await trio.to_thread.run_sync(rundir.remove)
     console.end_progress()
