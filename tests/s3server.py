@@ -23,7 +23,8 @@ from pathlib import Path
 
 import pytest
 
-BASE_PORT = 18300
+# PFSMOUNT_TEST_S3_PORT moves it, for two suites on one machine at once.
+BASE_PORT = int(os.environ.get("PFSMOUNT_TEST_S3_PORT", "18300"))
 KEY, SECRET = "pfstestkey", "pfstestsecret"
 
 

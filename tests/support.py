@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pfsmount import mountinfo
+
 PY = sys.executable
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -73,9 +75,7 @@ def unmount(mountpoint: str | Path) -> None:
 
 
 def is_mounted(mountpoint: str | Path) -> bool:
-    target = os.path.abspath(mountpoint)
-    with open("/proc/self/mountinfo", encoding="utf-8") as f:
-        return any(line.split()[4] == target for line in f)
+    return mountinfo.fstype(str(mountpoint)) is not None
 
 
 def start_pfsmount(

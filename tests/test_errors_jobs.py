@@ -15,6 +15,7 @@ from support import (
     batching_spec,
     datum_states,
     finish,
+    is_mounted,
     needs_fuse,
     run_pfsmount,
     start_pfsmount,
@@ -136,8 +137,7 @@ def test_a_resumed_job_counts_failures_from_before_the_interruption(tmp_path: Pa
 
 
 def _errors_is_live_mount(mnt: Path) -> bool:
-    with open("/proc/self/mountinfo", encoding="utf-8") as f:
-        return any(line.split()[4] == str(mnt) for line in f)
+    return is_mounted(mnt)
 
 
 def test_a_full_log_disk_does_not_stop_the_job(tmp_path: Path, mnt: Path) -> None:

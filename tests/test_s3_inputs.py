@@ -87,15 +87,11 @@ def test_s3_startup_faults_are_one_line_errors(tmp_path: Path, s3server: S3Serve
                         "credentials were rejected"),
         "bucket": (["--data", "s3://no-such-bucket"], {}, "does not exist"),
         "repo": (["--data", f"{url}/elsewhere"], {}, "not found or empty"),
-        "output": ([], {}, "--output-dir"),
     }
     procs = {}
     for name, (args, env, _) in cases.items():
-        cmd = ["run", str(spec), "--mountpoint", str(tmp_path / "never")]
-        if name == "output":
-            cmd += ["--data", url]
-        else:
-            cmd += [*args, "--output-dir", str(tmp_path / "out")]
+        cmd = ["run", str(spec), "--mountpoint", str(tmp_path / "never"), *args,
+               "--output-dir", str(tmp_path / "out")]
         procs[name] = subprocess.Popen(
             [PY, "-m", "pfsmount", *cmd], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             text=True, env={**os.environ, **s3server.env(), **env})

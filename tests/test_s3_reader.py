@@ -8,7 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from pfsmount.store.s3 import CHUNK, ChunkCache, ObjectReader, S3Location
+from pfsmount.store.cache import ChunkCache
+from pfsmount.store.s3 import CHUNK, ObjectReader, S3Location
 
 MIB = 1 << 20
 
@@ -20,12 +21,13 @@ class FakeBucket:
         self.body = body
         self.location = S3Location("b", "")
         self.cache = ChunkCache(cache_bytes)
+        self.disk = None
         self.gets: list[tuple[int, int]] = []
         self.fail = fail
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(8)
 
-    def fetch(self, key: str, start: int, end: int) -> bytes:
+    def fetch(self, key: str, start: int, end: int, etag: str) -> bytes:
         with self._lock:
             self.gets.append((start, end))
         if self.fail:
@@ -34,6 +36,8 @@ class FakeBucket:
 
     def submit(self, fn, *args):  # type: ignore[no-untyped-def]
         return self._pool.submit(fn, *args)
+
+    submit_warm = submit
 
     def fetched(self) -> int:
         return sum(end - start for start, end in self.gets)

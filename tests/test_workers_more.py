@@ -223,8 +223,12 @@ async def test_views_shown_out_of_allocation_order_stay_reachable(tmp_path: Path
 
 PORTS = """
     import os
+    import time
     from pfsmount import iter_datums
     for d in iter_datums():
+        # Slow enough that one worker cannot take all 30 datums before the others start,
+        # even on a loaded machine (it once did, and the test failed).
+        time.sleep(0.2)
         reply = dict(d.env)
         name = os.path.basename(reply["in"])
         mnt = os.path.dirname(os.path.dirname(reply["in"]))

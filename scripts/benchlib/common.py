@@ -17,7 +17,8 @@ USERCODE = str(USERCODE_DIR / "usercode.py")
 PACHCTL_LOOP = str(USERCODE_DIR / "pachctl_loop.sh")
 MIB = 1024 * 1024
 MB = 1_000_000
-SECTIONS = ("per_datum", "large_read", "small_files", "swap", "scale", "parallel", "s3")
+SECTIONS = ("per_datum", "large_read", "small_files", "swap", "scale", "parallel", "shards",
+            "io", "s3")
 # Run only when asked for (--only s3): it starts its own S3 server and uploads ~1 GiB.
 OPT_IN = ("s3",)
 DEFAULT_SECTIONS = tuple(s for s in SECTIONS if s not in OPT_IN)

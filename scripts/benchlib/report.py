@@ -11,10 +11,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from benchlib import s3bench
+from benchlib import iobench, s3bench
 from benchlib.common import MIB, ROOT, SECTIONS, VENV_PY
 from benchlib.parallel import parallel_targets, render_parallel
 from benchlib.sections import ALTERNATIVES, READ_PATHS
+from benchlib.shards import render_shards, shards_targets
 
 # ----- targets -------------------------------------------------------------------------------
 
@@ -119,6 +120,8 @@ TARGET_CHECKS: dict[str, Callable[[Mapping[str, Any]], list[Target]]] = {
     "scale": _scale_targets,
     "s3": s3bench.targets,
     "parallel": parallel_targets,
+    "shards": shards_targets,
+    "io": iobench.targets,
 }
 
 
@@ -284,6 +287,8 @@ RENDERERS: dict[str, Callable[[Mapping[str, Any]], tuple[str, list[str]]]] = {
     "scale": _render_scale,
     "s3": s3bench.render,
     "parallel": render_parallel,
+    "shards": render_shards,
+    "io": iobench.render,
 }
 
 

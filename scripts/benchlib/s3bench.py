@@ -5,6 +5,9 @@ a 1 GiB object's first read (1 MiB reads) against a plain parallel-GET client (t
 when Debian's s3fs/rclone are installed, their mounts of the same bucket; one datum of 2,000
 objects of 16 KiB walked and read; a 1 MiB read at the middle of the 1 GiB object, with the
 bytes the server sent counted by a proxy in between; pfsmount's peak RSS over these runs.
+The cache rows: the 1 GiB object read again by a new process from a `--cache-dir` the first
+run filled; a 64 MiB object every datum of a cross reads; small-file datums after the first,
+whose files pfsmount fetched while the previous datum ran.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from benchlib.common import MIB, USERCODE_DIR, VENV_PY, BenchError, Context, say
@@ -47,6 +50,7 @@ def s3(ctx: Context) -> dict[str, Any]:
             sent = proxy.sent
         finally:
             proxy.close()
+        cache = _cache_rows(ctx, env)
         others = {name: _other_mount(ctx, name, endpoint, env, big, small_n)
                   for name in ("s3fs", "rclone")}
     return {
@@ -58,8 +62,35 @@ def s3(ctx: Context) -> dict[str, Any]:
                      "walk_files_per_s": walk["files"] / walk["seconds"],
                      "at_offset_seconds": at["seconds"], "at_offset_server_bytes": sent,
                      "peak_rss_mb": max(rss_seq, rss_walk, rss_at) / 1024},
+        "cache": cache,
         "others": others,
     }
+
+
+def _cache_rows(ctx: Context, env: Mapping[str, str]) -> dict[str, Any]:
+    """Re-read from --cache-dir, a file shared by datums, and the next datum's small files."""
+    cache_dir = ctx.work / "s3-cache"
+    shutil.rmtree(cache_dir, ignore_errors=True)
+    with_dir = ["--cache-dir", str(cache_dir), "--cache-size", "2G"]
+    _pfsmount(ctx, "s3-cache-fill", "big", ["seq", "/pfs/big/blob"], env, with_dir)
+    proxy = _CountingProxy(BASE_PORT + 4)
+    try:
+        proxied = _aws_env(proxy.endpoint)
+        reread, _ = _pfsmount(ctx, "s3-cache-reread", "big", ["seq", "/pfs/big/blob"],
+                              proxied, with_dir)
+        reread_sent = proxy.sent
+        cross = {"cross": [{"pfs": {"repo": "items", "glob": "/*"}},
+                           {"pfs": {"repo": "model", "glob": "/"}}]}
+        shared, _ = _pfsmount(ctx, "s3-shared", cross, ["shared", "/pfs/model/weights"],
+                              proxied)
+        shared_sent = proxy.sent - reread_sent
+    finally:
+        proxy.close()
+    ahead, _ = _pfsmount(ctx, "s3-ahead", "small", ["datums", "/pfs/small", "0.3"], env,
+                         glob="/*")
+    return {"reread_mb_per_s": reread["bytes"] / reread["seconds"] / 1e6,
+            "reread_server_bytes": reread_sent,
+            "shared": shared, "shared_server_bytes": shared_sent, "ahead": ahead}
 
 
 def _aws_env(endpoint: str) -> dict[str, str]:
@@ -116,13 +147,17 @@ def _tool(ctx: Context, name: str, args: list[str], env: Mapping[str, str]) -> d
     return read_result(result, name)
 
 
-def _pfsmount(ctx: Context, name: str, repo: str, read_args: list[str],
-              env: Mapping[str, str]) -> tuple[dict[str, Any], int]:
+def _pfsmount(ctx: Context, name: str, repo: str | dict[str, Any], read_args: list[str],
+              env: Mapping[str, str], extra: Sequence[str] = (),
+              glob: str = "/") -> tuple[Any, int]:
+    """Run the s3tool `read` mode over one repo (or an input dict); its result, peak RSS KiB."""
     result = fresh_result(ctx, name)
-    spec = batching_spec(name, repo, "/", ["python3", TOOL, "read", *read_args],
-                         {"BENCH_RESULT": str(result)})
+    spec = batching_spec(name, repo if isinstance(repo, str) else "-", glob,
+                         ["python3", TOOL, "read", *read_args], {"BENCH_RESULT": str(result)})
+    if not isinstance(repo, str):
+        spec["input"] = repo
     job = run_pfsmount(ctx, name, spec, data=f"s3://{BUCKET}",
-                       extra=["--output-dir", str(ctx.work / "s3-out")], env=env)
+                       extra=["--output-dir", str(ctx.work / "s3-out"), *extra], env=env)
     expect_exit(job, name)
     return read_result(result, name, job), job.peak_rss_kb
 
@@ -221,7 +256,29 @@ def render(r: Mapping[str, Any]) -> tuple[str, list[str]]:
               f"{p['at_offset_server_bytes'] / (1 << 20):.2f} MiB sent by the server, "
               f"{p['at_offset_seconds'] * 1000:.0f} ms; pfsmount peak RSS "
               f"{p['peak_rss_mb']:.0f} MB"]
+    if "cache" in r:
+        lines += ["", *table(["cache (pfsmount)", "measured", "server sent, MiB"],
+                             _cache_table(r))]
     return "S3 (SeaweedFS on loopback)", lines
+
+
+def _cache_table(r: Mapping[str, Any]) -> list[list[str]]:
+    c, mib = r["cache"], 1 << 20
+    shared = c["shared"]
+    first, rest = shared[0]["seconds"], [d["seconds"] for d in shared[1:]]
+    ahead = c["ahead"]
+    rate = [d["files"] / d["seconds"] for d in ahead]
+    later = sorted(rate[1:])[len(rate[1:]) // 2] if len(rate) > 1 else float("nan")
+    return [
+        [f"{r['bytes'] / (1 << 30):.2f} GiB re-read by a new run from --cache-dir",
+         f"{c['reread_mb_per_s']:.0f} MB/s", f"{c['reread_server_bytes'] / mib:.2f}"],
+        [f"64 MiB file read by each of {len(shared)} cross datums",
+         f"first {first * 1000:.0f} ms, others median "
+         f"{sorted(rest)[len(rest) // 2] * 1000 if rest else float('nan'):.0f} ms",
+         f"{c['shared_server_bytes'] / mib:.1f}"],
+        [f"small-file datums ({len(ahead)}), read after 0.3 s of 'work'",
+         f"first {rate[0]:.0f} files/s, later (fetched ahead) median {later:.0f} files/s", ""],
+    ]
 
 
 def targets(r: Mapping[str, Any]) -> list[Any]:

@@ -22,6 +22,21 @@ def renameat2(src: str, dst: str, flags: int) -> None:
 
 
 
+def syncfs(path: str) -> None:
+    """syncfs(2) on the file system holding `path`, with the GIL released.
+
+    pyfuse3.syncfs holds the GIL for the whole call (1-8 ms here), which froze the trio
+    thread, and with it every FUSE request and NextDatum call, at each group commit.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        if _libc.syncfs(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err), path)
+    finally:
+        os.close(fd)
+
+
 # openat2(2): x86_64 and aarch64 share the generic syscall number.
 _SYS_OPENAT2 = 437
 _RESOLVE_NO_MAGICLINKS = 0x02

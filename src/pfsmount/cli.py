@@ -8,7 +8,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pfsmount import __version__
@@ -17,6 +17,7 @@ from pfsmount.names import display, json_text
 
 if TYPE_CHECKING:
     from pfsmount.datums import Datum, DatumInput
+    from pfsmount.joblog import LogLine
     from pfsmount.spec import PipelineSpec, SpecDocument
 
 # The exit codes of `pfsmount run`, documented in README.md ("Exit codes").
@@ -70,6 +71,19 @@ def build_parser() -> argparse.ArgumentParser:
                      help="let user code use this machine's /tmp instead of a private one")
     run.add_argument("--parallelism", type=_workers, default=None, metavar="N",
                      help="run N workers side by side (overrides parallelism_spec)")
+    run.add_argument("--shard", default=None, metavar="I/N",
+                     help="run only shard I of N of the job's datums (I counted from 0; auto/N "
+                          "takes I from $JOB_COMPLETION_INDEX, as in a Kubernetes Indexed Job; "
+                          "default: $PFSMOUNT_SHARDS=N does the same)")
+    run.add_argument("--job", default=None, metavar="NAME",
+                     help="the job's name, shared by all its shards (default: $PFSMOUNT_JOB; "
+                          "shards without one derive it from the spec and N)")
+    run.add_argument("--cache-dir", default=None, metavar="DIR",
+                     help="with s3:// data: also cache fetched object bytes in DIR (kept "
+                          "across runs; default: memory only)")
+    run.add_argument("--cache-size", type=_size, default=None, metavar="SIZE",
+                     help="with s3:// data: the cache's bound, e.g. 512M or 4G: of --cache-dir "
+                          "when given (default 2G), else of the memory cache (default 128M)")
     run.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
     ls = sub.add_parser("list-datums", help="print the datums a pipeline would process")
@@ -105,6 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
     lg.add_argument("--datum", default="", help="only this datum (id prefix)")
     lg.add_argument("--failed", action="store_true", help="only failed or recovered datums")
 
+    from pfsmount.k8scli import add_k8s_parser
+
+    add_k8s_parser(sub)
+
     nd = sub.add_parser("next-datum",
                         help="(inside user code) finish this datum and wait for the next; "
                              "exit 0 = ready, 3 = no more datums, 1 = error")
@@ -121,6 +139,18 @@ def _port(text: str) -> int:
         raise argparse.ArgumentTypeError(
             f"{text!r} is not a TCP port: use 1-65535, or 0 to let the system choose one")
     return port
+
+
+def _size(text: str) -> int:
+    from pfsmount.store.cache import parse_size
+
+    try:
+        size = parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if size < 1 << 20:
+        raise argparse.ArgumentTypeError(f"{text!r} is too small for a cache: use 1M or more")
+    return size
 
 
 def _jobs(text: str) -> int:
@@ -150,32 +180,78 @@ def _data_arg(p: argparse.ArgumentParser) -> None:
                    help="directory holding one directory per repo, or s3://BUCKET[/PREFIX] "
                         "holding one prefix per repo (default: $PFSMOUNT_DATA or ./data)")
     p.add_argument("--output-dir", default=None, metavar="DIR",
-                   help="with s3:// data: the local directory for the output repo and job "
-                        "records (default: $PFSMOUNT_OUTPUT_DIR)")
+                   help="with s3:// data: keep the output repo and job records in this local "
+                        "directory instead of the bucket (default: $PFSMOUNT_OUTPUT_DIR)")
+    p.add_argument("--state-dir", default=None, metavar="DIR",
+                   help="with s3:// data: this machine's local state (staging, a cache of the "
+                        "bucket's job records, logs; default: $PFSMOUNT_STATE_DIR or "
+                        "~/.cache/pfsmount/s3/BUCKET/PREFIX); any machine may resume a job")
 
 
 def _state_dir(args: argparse.Namespace, console: Console) -> str | None:
-    """Where the output repo, ledger and logs live, or None after printing why not.
+    """Where the ledger, staging and logs live, or None after printing why not.
 
-    Local data keeps them in the data directory, as always. S3 data keeps its inputs in the
-    bucket, but outputs are not written back to S3 yet: they go to a local --output-dir.
+    Local data keeps them (and the output repo) in the data directory, as always. S3 data
+    writes its output repo and job records to the bucket and keeps only a local cache in
+    the state directory, unless --output-dir keeps everything in a local directory.
     """
     from pfsmount.store import is_remote
 
     data = args.data or _default_data_dir()
     out = getattr(args, "output_dir", None) or os.environ.get("PFSMOUNT_OUTPUT_DIR")
+    state = getattr(args, "state_dir", None) or os.environ.get("PFSMOUNT_STATE_DIR")
     if not is_remote(data):
-        if getattr(args, "output_dir", None):
-            console.error("--output-dir is only for s3:// data; with a local --data DIR the "
-                          "output repo is DIR/<pipeline> (drop --output-dir)")
-            return None
+        for flag in ("output_dir", "state_dir"):
+            if getattr(args, flag, None):
+                console.error(f"--{flag.replace('_', '-')} is only for s3:// data; with a "
+                              "local --data DIR the output repo and its records are in DIR "
+                              f"(drop --{flag.replace('_', '-')})")
+                return None
         return os.path.abspath(data)
-    if not out:
-        console.error(f"--data {data}: outputs are not written to S3 yet; pass --output-dir DIR "
-                      "(or set PFSMOUNT_OUTPUT_DIR), a local directory for the output repo "
-                      "and the job records")
+    if out:
+        return os.path.abspath(out)
+    if state:
+        return os.path.abspath(state)
+    from pfsmount.store.base import StoreError
+    from pfsmount.store.s3 import parse_location
+
+    try:
+        where = parse_location(data)
+    except StoreError as exc:
+        console.error(str(exc))
         return None
-    return os.path.abspath(out)
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(cache, "pfsmount", "s3", where.bucket, where.prefix.rstrip("/"))
+
+
+def _output_url(args: argparse.Namespace) -> str | None:
+    """The s3:// location whose PREFIX/<pipeline>/ is the output repo, or None (local)."""
+    from pfsmount.store import is_remote
+
+    data = args.data or _default_data_dir()
+    if not is_remote(data) or getattr(args, "output_dir", None) \
+            or os.environ.get("PFSMOUNT_OUTPUT_DIR"):
+        return None
+    return data
+
+
+def _configure_cache(args: argparse.Namespace, data: str, console: Console) -> bool:
+    """Apply --cache-dir/--cache-size to the S3 reads of this process; False after printing
+    why they cannot be used."""
+    from pfsmount.store import is_remote
+
+    cache_dir, cache_size = getattr(args, "cache_dir", None), getattr(args, "cache_size", None)
+    if not is_remote(data):
+        if cache_dir is not None or cache_size is not None:
+            console.error("--cache-dir and --cache-size are for s3:// data; a local --data "
+                          "directory is read directly (drop them)")
+            return False
+        return True
+    from pfsmount.store.cache import CacheSettings
+    from pfsmount.store.s3 import configure_cache
+
+    configure_cache(CacheSettings.from_options(cache_dir, cache_size))
+    return True
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -209,6 +285,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_list_jobs(args, console)
         if args.command == "inspect-job":
             return _cmd_inspect_job(args, console)
+        if args.command == "k8s":
+            from pfsmount.k8scli import cmd_k8s
+
+            return cmd_k8s(args, console)
         if args.command == "dag":
             from pfsmount.dagcli import cmd_dag
 
@@ -362,6 +442,8 @@ def _cmd_run(args: argparse.Namespace, console: Console) -> int:
             console.error(str(exc))
             return EXIT_USAGE
     data_dir = _data_location(args)
+    if not _configure_cache(args, data_dir, console):
+        return EXIT_USAGE
     try:
         docs = load_specs(args.spec)
     except SpecError as exc:
@@ -374,15 +456,19 @@ def _cmd_run(args: argparse.Namespace, console: Console) -> int:
             return EXIT_USAGE
     if len(docs) == 1 and not args.watch:
         return run_pipeline(docs[0], data_dir, args, console)
+    if args.shard is not None or args.job is not None or os.environ.get("PFSMOUNT_SHARDS"):
+        console.error("--shard, $PFSMOUNT_SHARDS and --job run one pipeline's job; pass a "
+                      "single pipeline spec (run each pipeline of a DAG as its own sharded job)")
+        return EXIT_USAGE
     from pfsmount.dagcli import run_dag_command
     from pfsmount.store import is_remote
 
-    if is_remote(data_dir):
+    if is_remote(data_dir) and _output_url(args) is None:
         # A step's output repo would land in the local --output-dir, where the next step,
         # reading s3://, would never find it.
-        console.error(f"--data {data_dir}: a DAG (several pipelines, or --watch) needs its "
-                      "repos in a local data directory until outputs are written to S3; run "
-                      "each pipeline on its own with --output-dir")
+        console.error(f"--data {data_dir}: a DAG (several pipelines, or --watch) reads each "
+                      "step's output from the bucket; drop --output-dir (and "
+                      "PFSMOUNT_OUTPUT_DIR) so outputs are written there")
         return EXIT_USAGE
     if not _check_data_dir(data_dir, console):
         return EXIT_USAGE
@@ -395,28 +481,49 @@ def run_pipeline(doc: SpecDocument, data_dir: str, args: argparse.Namespace,
     import trio
 
     from pfsmount.run import RunError, RunOptions, run_job
+    from pfsmount.shards import ShardError, job_for, parse_shard
 
     spec = doc.spec
     state_dir = _state_dir(args, console)
-    if state_dir is None:
+    if state_dir is None or not _configure_cache(args, data_dir, console):
+        return EXIT_USAGE
+    try:
+        # A DAG step's child never shards: its parent's environment must not make it one.
+        shard = (parse_shard(getattr(args, "shard", None))
+                 if getattr(args, "dag_step", None) is None else None)
+        job_name = job_for(spec.location, doc.digest, shard, getattr(args, "job", None))
+    except ShardError as exc:
+        console.error(str(exc))
         return EXIT_USAGE
     opened = _open(spec, data_dir, console)
     if opened is None:
         return EXIT_USAGE
     repos, _ = opened
-    if spec.location in repos and state_dir == data_dir:
+    output_url = _output_url(args)
+    if spec.location in repos and (state_dir == data_dir or output_url is not None):
         # Repos are keyed by their place under DATA, so this compares projects too.
         console.error(f"{spec.source}: pipeline.name: '{spec.name}' is also an input repo; the "
                       "output repo would overwrite it (rename the pipeline)")
         return EXIT_USAGE
+    if output_url is not None:
+        from pfsmount.s3output import check_writable
+        from pfsmount.store.base import StoreError
+
+        try:
+            check_writable(output_url, spec.location)
+        except StoreError as exc:
+            console.error(str(exc))
+            return EXIT_USAGE
     workdir = _workdir(doc.path, spec.transform.working_dir)
     if not os.path.isdir(workdir):
         console.error(f"{spec.source}: transform.working_dir: {workdir} is not a directory")
         return EXIT_USAGE
     opts = RunOptions(data_dir=state_dir, workdir=workdir,
                       mountpoint=os.path.abspath(args.mountpoint), port=args.port,
-                      shared_tmp=args.shared_tmp, parallelism=args.parallelism)
-    console.info(f"mounting {opts.mountpoint}; running {' '.join(spec.transform.cmd)} as "
+                      shared_tmp=args.shared_tmp, parallelism=args.parallelism,
+                      shard=shard, job_name=job_name, output_url=output_url)
+    console.info((f"shard {shard} of job {job_name} runs its share; " if shard else "")
+                 + f"mounting {opts.mountpoint}; running {' '.join(spec.transform.cmd)} as "
                  "datums are listed")
     from pfsmount.datums import iter_datums
 
@@ -506,7 +613,8 @@ def _summarize(report, console: Console, spec_path: str) -> int:
 
 
 def _cmd_logs(args: argparse.Namespace, console: Console) -> int:
-    from pfsmount.joblog import read_lines
+    from pfsmount.joblog import read_lines_at
+    from pfsmount.store.base import StoreError
 
     found = _find_job(args, console, args.job)
     if found is None:
@@ -523,24 +631,31 @@ def _cmd_logs(args: argparse.Namespace, console: Console) -> int:
                           f"'{args.datum}' (see `pfsmount list-datums`)")
             return EXIT_USAGE
         wanted = matches if wanted is None else wanted & matches
-    data_dir = _state_dir(args, console)
-    if data_dir is None:
-        return EXIT_USAGE
     out = sys.stdout
     damaged: list[int] = []
-    try:
-        for line in read_lines(data_dir, job["pipeline"], job["job_id"], damaged.append):
-            if wanted is not None and line.datum not in wanted:
-                continue
-            tag = f"{line.datum[:12] or '-':12} #{line.attempt}"
-            if line.source != "user":
-                tag += f" {line.source}"
-            out.write(f"[{tag} {line.stream}] {line.text}\n")
-    except FileNotFoundError:
+    found_any = False
+    # A sharded job has a log per shard: shown one shard after the other. With outputs in a
+    # bucket, every writer's log is there, merged in time order.
+    sources = ([_bucket_log(args, job["pipeline"], job["job_id"], damaged.append)]
+               if _output_url(args) is not None else
+               [read_lines_at(path, damaged.append) for path in ledger.log_paths(job["job_id"])])
+    for lines in sources:
+        try:
+            for line in lines:
+                found_any = True
+                if wanted is not None and line.datum not in wanted:
+                    continue
+                tag = f"{line.datum[:12] or '-':12} #{line.attempt}"
+                if line.source != "user":
+                    tag += f" {line.source}"
+                out.write(f"[{tag} {line.stream}] {line.text}\n")
+        except FileNotFoundError:
+            continue
+        except (OSError, StoreError) as exc:
+            console.error(f"cannot read the log of job {job['job_id'][:12]}: {exc}")
+            return EXIT_USAGE
+    if not found_any:
         console.info(f"job {job['job_id'][:12]} has no log: its user code never ran")
-    except OSError as exc:
-        console.error(f"cannot read the log of job {job['job_id'][:12]}: {exc}")
-        return EXIT_USAGE
     if damaged:
         from pfsmount.console import plural
 
@@ -550,9 +665,28 @@ def _cmd_logs(args: argparse.Namespace, console: Console) -> int:
     return EXIT_OK
 
 
+def _bucket_log(args: argparse.Namespace, pipeline: str, job_id: str,
+                on_damaged: Callable[[int], None]) -> Iterator[LogLine]:
+    """A job's log lines from the bucket, every writer's (each machine that ran part of
+    it), in time order."""
+    import tempfile
+
+    from pfsmount.joblog import read_lines_at
+    from pfsmount.s3output import records_of
+
+    records = records_of(_output_url(args) or "", pipeline)
+    with tempfile.TemporaryDirectory(prefix="pfsmount-logs-") as scratch:
+        paths = records.logs(job_id, scratch)
+        if not paths:
+            raise FileNotFoundError(job_id)
+        lines = [line for path in paths for line in read_lines_at(path, on_damaged)]
+    yield from sorted(lines, key=lambda line: line.time)
+
+
 def _open_ledger(args: argparse.Namespace, console: Console):
-    from pfsmount.ledger import Ledger, LedgerError
-    from pfsmount.workspace import Workspace
+    """The pipeline's job records (`jobview.JobRecords`: every shard's, merged), or None."""
+    from pfsmount.jobview import JobRecords, has_records
+    from pfsmount.ledger import LedgerError
 
     data_dir = _state_dir(args, console)
     if data_dir is None:
@@ -560,14 +694,36 @@ def _open_ledger(args: argparse.Namespace, console: Console):
     pipeline = _pipeline_name(args.pipeline, console)
     if pipeline is None:
         return None
-    path = Workspace.of(data_dir, pipeline).ledger_path
-    if not os.path.exists(path):
+    url = _output_url(args)
+    if url is not None:
+        return _mirrored_records(url, data_dir, pipeline, console)
+    if not has_records(data_dir, pipeline):
         console.error(f"no job of pipeline '{pipeline}' is recorded in {data_dir} "
                       "(run it first, or pass --data DIR)")
         return None
     try:
-        return Ledger(path)
+        return JobRecords(data_dir, pipeline)
     except LedgerError as exc:
+        console.error(str(exc))
+        return None
+
+
+def _mirrored_records(url: str, state_dir: str, pipeline: str, console: Console):
+    """The job records of the bucket, mirrored below the local state directory (they are
+    the truth: any machine, any shard, may have run the pipeline's jobs)."""
+    from pfsmount.jobview import JobRecords, has_records
+    from pfsmount.ledger import LedgerError
+    from pfsmount.s3output import bucket_view
+    from pfsmount.store.base import StoreError
+
+    try:
+        view = bucket_view(url, state_dir, pipeline)
+        if not has_records(view, pipeline):
+            console.error(f"no job of pipeline '{pipeline}' is recorded in {url} "
+                          "(run it first, or check --data)")
+            return None
+        return JobRecords(view, pipeline)
+    except (StoreError, LedgerError, OSError) as exc:
         console.error(str(exc))
         return None
 
@@ -653,8 +809,16 @@ def _inspect_job(args: argparse.Namespace, console: Console, job_prefix: str) ->
     out = sys.stdout
     out.write(f"job       {job['job_id']}\nstate     {job['state']}\n"
               f"started   {_when(job['started'])}\nended     {_when(job['ended'])}\n")
+    if job.get("shards"):
+        out.write(f"shards    {len(job['shards'])} of {job['shard_count']} recorded: "
+                  + ", ".join(f"{shard.index} {row['state']}"
+                              for shard, row in sorted(job["shards"].items(),
+                                                       key=lambda item: item[0].index))
+                  + "\n")
     if job["message"]:
         out.write(f"problems  {job['message']}\n")
+    for conflict in job.get("conflicts", []):
+        out.write(f"conflict  {conflict}\n")
     out.write("datums    " + ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
               + f" (of {job['total']})\n")
     if timed:
@@ -663,7 +827,8 @@ def _inspect_job(args: argparse.Namespace, console: Console, job_prefix: str) ->
     for d in ledger.troubled_datums(job["job_id"]):
         if d["state"] in ("failed", "recovered"):
             inputs = ", ".join(f"{i['name']}:{display(i['path'])}" for i in d["inputs"])
-            out.write(f"{d['state']:9} {d['datum_id'][:12]} ({inputs}) after "
+            where = f" [shard {d['shard']}]" if d.get("shard") else ""
+            out.write(f"{d['state']:9} {d['datum_id'][:12]}{where} ({inputs}) after "
                       f"{plural(d['attempts'], 'attempt')}: {d['error']}\n")
     return EXIT_OK
 
@@ -682,11 +847,23 @@ def _pipeline_name(arg: str, console: Console) -> str | None:
 
 
 def _is_pipeline(args: argparse.Namespace, target: str) -> bool:
-    """A spec path, or the name of a pipeline with a ledger in the data directory."""
-    from pfsmount.workspace import Workspace
+    """A spec path, or the name of a pipeline with a ledger in the data directory (records
+    in the bucket, for S3 outputs)."""
+    from pfsmount.jobview import has_records
 
+    if os.path.exists(target):
+        return True
+    url = _output_url(args)
+    if url is not None:
+        from pfsmount.store.base import StoreError
+        from pfsmount.store.s3out import has_objects
+
+        try:
+            return has_objects(url, f".pfsmount/{target}/")
+        except StoreError:
+            return False  # taken for a job id; opening the pipeline then says what is wrong
     data_dir = os.path.abspath(args.data or _default_data_dir())
-    return os.path.exists(target) or os.path.exists(Workspace.of(data_dir, target).ledger_path)
+    return has_records(data_dir, target)
 
 
 def _pipelines(targets: Sequence[str], console: Console) -> list[str] | None:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 from pfsmount.datums import pfs_fields
 from pfsmount.spec import PipelineSpec, SpecDocument, SpecError
+from pfsmount.store import is_remote
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +104,7 @@ def build_dag(docs: Sequence[SpecDocument], data_dir: str) -> Dag:
         for where, pfs in pfs_fields(doc.spec.input, "input"):
             if pfs.repo_key in by_location:
                 upstream[pfs.repo_key] = None
-            elif os.path.isdir(os.path.join(data_dir, pfs.repo_key)):
+            elif _is_data_repo(data_dir, pfs.repo_key):
                 data[pfs.repo_key] = None
             else:
                 problems.append(_unknown_repo(doc, where, pfs.repo_key, by_location, data_dir))
@@ -123,14 +124,23 @@ def _check_output_repo(doc: SpecDocument, data_dir: str, problems: list[str]) ->
     """A pipeline read by others may not be named like a data repo: which of the two its
     readers mean is anyone's guess, and its output would land among the repo's files."""
     location = doc.spec.location
-    repo = os.path.join(data_dir, location)
-    ours = os.path.exists(os.path.join(data_dir, ".pfsmount", location, "ledger.sqlite"))
-    if ours or not os.path.isdir(repo):
-        return
-    try:
-        empty = not os.listdir(repo)
-    except OSError:
-        empty = False
+    if is_remote(data_dir):
+        from pfsmount.store.s3out import has_objects
+
+        repo = f"{data_dir.rstrip('/')}/{location}/"
+        ours = has_objects(data_dir, f".pfsmount/{location}/")
+        empty = ours or not has_objects(data_dir, f"{location}/")
+    else:
+        from pfsmount.jobview import has_records
+
+        repo = os.path.join(data_dir, location)
+        ours = has_records(data_dir, location)  # a ledger, or its shards' ledgers
+        if ours or not os.path.isdir(repo):
+            return
+        try:
+            empty = not os.listdir(repo)
+        except OSError:
+            empty = False
     if not empty:
         problems.append(
             f"{_where(doc)}: pipeline.name: '{location}' is also a data repo ({repo} holds "
@@ -141,7 +151,8 @@ def _check_output_repo(doc: SpecDocument, data_dir: str, problems: list[str]) ->
 def _unknown_repo(doc: SpecDocument, where: str, repo: str, pipelines: Iterable[str],
                   data_dir: str) -> str:
     try:
-        existing = [n for n in os.listdir(data_dir) if not n.startswith(".")]
+        existing = [] if is_remote(data_dir) else [
+            n for n in os.listdir(data_dir) if not n.startswith(".")]
     except OSError:
         existing = []
     close = difflib.get_close_matches(repo, [*pipelines, *existing], n=1)
@@ -149,6 +160,15 @@ def _unknown_repo(doc: SpecDocument, where: str, repo: str, pipelines: Iterable[
     return (f"{_where(doc)}: {where}.repo: '{repo}' is neither a pipeline of this DAG nor a "
             f"directory in {data_dir}{hint}; add the spec of the pipeline that makes it, or "
             "create the repo directory")
+
+
+def _is_data_repo(data_dir: str, key: str) -> bool:
+    """A repo directory locally; in a bucket, a prefix holding objects."""
+    if is_remote(data_dir):
+        from pfsmount.store.s3out import has_objects
+
+        return has_objects(data_dir, f"{key}/")
+    return os.path.isdir(os.path.join(data_dir, key))
 
 
 def _order(steps: dict[str, Step]) -> list[str]:

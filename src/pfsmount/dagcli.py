@@ -46,9 +46,11 @@ EXIT_USAGE = 2
 def run_dag_command(docs: Sequence[SpecDocument], data_dir: str, args: argparse.Namespace,
                     console: Console) -> int:
     """Check the DAG, run it, and with `--watch` keep it up to date until Ctrl-C."""
+    from pfsmount.store.base import StoreError
+
     try:
         dag = build_dag(docs, data_dir)
-    except DagError as exc:
+    except (DagError, StoreError) as exc:
         for line in str(exc).splitlines():
             console.error(line)
         return EXIT_USAGE
@@ -103,9 +105,11 @@ def _raise_interrupt(signum: int, frame: object) -> None:
 def _round(dag: Dag, data_dir: str, args: argparse.Namespace, console: Console,
            only: set[str] | None) -> int:
     """One pass over the DAG (or the `only` steps); prints a summary per step."""
-    from pfsmount.cli import run_pipeline
+    from pfsmount.cli import _state_dir, run_pipeline
 
     chosen = [s for s in dag.steps if only is None or s.location in only]
+    # Each step's run has just mirrored its bucket's records into the local ledger.
+    ledgers = _state_dir(args, console) or data_dir
     jobs = step_slots(args, console, len(chosen))
     children = _Children(dag, data_dir, args, console) if jobs > 1 else None
     # Steps side by side print from several threads: one line at a time.
@@ -121,7 +125,7 @@ def _round(dag: Dag, data_dir: str, args: argparse.Namespace, console: Console,
             code = run_pipeline(step.doc, data_dir, args, console)
         else:
             code = children.run(step)
-        lines[step.location] = (f"{last_job(data_dir, step.location)} "
+        lines[step.location] = (f"{last_job(ledgers, step.location)} "
                                 f"(exit {code}, {time.monotonic() - started:.1f}s)")
         return code
 
@@ -179,8 +183,14 @@ class _Children:
                      "--lifeline", str(self.lifeline_r)]
         if args.shared_tmp:
             self.base.append("--shared-tmp")
+        if args.state_dir:
+            self.base += ["--state-dir", args.state_dir]
         if args.parallelism:
             self.base += ["--parallelism", str(args.parallelism)]
+        if getattr(args, "cache_dir", None) is not None:
+            self.base += ["--cache-dir", os.path.abspath(args.cache_dir)]
+        if getattr(args, "cache_size", None) is not None:
+            self.base += ["--cache-size", str(args.cache_size)]
         if args.verbose:
             self.base.append("--verbose")
 
@@ -259,31 +269,47 @@ def _summary(report: DagReport, lines: dict[str, str], console: Console) -> int:
 
 
 def cmd_dag(args: argparse.Namespace, console: Console) -> int:
-    from pfsmount.cli import _check_data_dir, _default_data_dir
+    from pfsmount.cli import _check_data_dir, _data_location, _output_url, _state_dir
+    from pfsmount.store.base import StoreError
 
-    data_dir = os.path.abspath(args.data or _default_data_dir())
-    if not _check_data_dir(data_dir, console):
+    data_dir = _data_location(args)
+    ledgers = _state_dir(args, console)
+    if ledgers is None or not _check_data_dir(data_dir, console):
         return EXIT_USAGE
     try:
         dag = build_dag(load_specs(args.spec), data_dir)
-    except SpecError as exc:
+    except (SpecError, StoreError) as exc:
         for line in str(exc).splitlines():
             console.error(line)
         return EXIT_USAGE
-    states = {s.location: last_job(data_dir, s.location) for s in dag.steps}
+    url = _output_url(args)
+    states = {s.location: last_job(ledgers, s.location, bucket=url) for s in dag.steps}
     (print_dot if args.dot else print_text)(dag, states, sys.stdout)
     return EXIT_OK
 
 
-def last_job(data_dir: str, location: str) -> str:
-    """The pipeline's last recorded job, in a few words ("never run" without a ledger)."""
-    from pfsmount.ledger import Ledger, LedgerError
+def last_job(data_dir: str, location: str, bucket: str | None = None) -> str:
+    """The pipeline's last recorded job, in a few words ("never run" without a ledger).
 
-    path = os.path.join(data_dir, ".pfsmount", location, "ledger.sqlite")
-    if not os.path.exists(path):
+    `data_dir` holds the ledgers (every shard's, when the pipeline ran as shards); with
+    `bucket` (S3 outputs) they are first made to mirror the bucket's records, which any
+    machine may have written.
+    """
+    from pfsmount.jobview import JobRecords, has_records
+    from pfsmount.ledger import LedgerError
+    from pfsmount.store.base import StoreError
+
+    if bucket is not None:
+        from pfsmount.s3output import bucket_view
+
+        try:
+            data_dir = bucket_view(bucket, data_dir, location)
+        except (StoreError, LedgerError, OSError) as exc:
+            return f"records unreadable ({exc})"
+    if not has_records(data_dir, location):
         return "never run"
     try:
-        ledger = Ledger(path)
+        ledger = JobRecords(data_dir, location)
     except LedgerError as exc:
         return f"ledger unreadable ({exc})"
     try:

@@ -11,6 +11,12 @@ between. Views stay alive until the kernel forgets their inodes and closes their
 With N workers one session serves N such roots, one per worker (`/<w>` below the mount's
 own root, which never changes): each is bind-mounted on /pfs in its worker's mount namespace
 and follows the same rules as the single root (`_Slot`).
+
+With `no_open` (pfsmount's patched pyfuse3, see vendor/pyfuse3/README.md) the first OPEN is
+answered ENOSYS: the kernel then opens every file of the connection itself, sends no more
+OPEN, FLUSH or RELEASE, keeps each file's page cache across opens, and sends READ, WRITE and
+FSYNC with fh 0 and the inode. Those are served from files kept open by inode (`inodeio`).
+Files made by CREATE still get a handle (the kernel sends CREATE and RELEASE regardless).
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ import pyfuse3
 import trio
 
 from pfsmount import _linux
+from pfsmount.inodeio import OpenByInode
 from pfsmount.notify import KernelNotifier
 from pfsmount.outdir import OutTree
 from pfsmount.store.base import Reader
@@ -44,8 +51,23 @@ OUT_TIMEOUT = 1.0  # /pfs/out changes only through us; a short timeout keeps it 
 PRIME_MAX = 128 * 1024  # files up to this size reach the page cache with their OPEN
 READ_ONLY = errno.EROFS
 STALE = errno.ESTALE  # an /pfs/out handle whose datum has already ended
+NO_HANDLE = 0  # the fh of READ/WRITE/FSYNC under no_open; our own handles start at 1
+NO_OPEN_ENV = "PFSMOUNT_NO_OPEN"  # "0": serve OPEN with handles even where no_open is possible
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+
+def no_open_possible() -> bool:
+    """Whether this pyfuse3 passes the inode to read/write/fsync (pfsmount's patch), so the
+    mount can answer OPEN with ENOSYS; `PFSMOUNT_NO_OPEN=0` turns it off (tests run the
+    suite both ways)."""
+    return bool(getattr(pyfuse3, "PFSMOUNT_PATCH", 0)) and os.environ.get(NO_OPEN_ENV) != "0"
+
+
+def nonblocking_fuse_read() -> bool:
+    """Whether pyfuse3 reads /dev/fuse without blocking (pfsmount's patch), so a request the
+    kernel withdraws cannot stall the trio thread and `fusewake` is not needed."""
+    return bool(getattr(pyfuse3, "PFSMOUNT_PATCH", 0))
 
 
 def guarded(fn: F) -> F:
@@ -79,6 +101,7 @@ class Handle:
     reader: Reader | None = None  # a repo file of a view, from its store
     view: View | None = None
     out: OutTree | None = None
+    inode: int = 0  # an /pfs/out file's inode: its fd answers GETATTR once the name is gone
     listing: list[tuple[bytes, int]] | None = None  # directory snapshot: (name, inode)
     workers: bool = False  # a listing of the worker roots (the mount's root, N > 1)
 
@@ -122,8 +145,15 @@ class PfsOperations(pyfuse3.Operations):
 
     enable_writeback_cache = False
 
-    def __init__(self, workers: int = 1) -> None:
+    def __init__(self, workers: int = 1, no_open: bool = False) -> None:
         super().__init__()
+        self.no_open = no_open
+        # Read by the patched pyfuse3 at INIT: under no_open an O_TRUNC open must reach us as
+        # SETATTR (the kernel sends no OPEN to carry it), or an output would keep its old bytes.
+        self.enable_atomic_o_trunc = not no_open
+        # no_open: what READ/WRITE/FSYNC with fh 0 need open, by inode (see module doc).
+        self._readers: OpenByInode[Reader] = OpenByInode(_close_reader)
+        self._out_fds: OpenByInode[tuple[int, bool]] = OpenByInode(_close_out_fd)
         self.inodes = InodeAllocator()
         self.stats = Stats()
         self._live = _Live()
@@ -190,8 +220,15 @@ class PfsOperations(pyfuse3.Operations):
         if i < len(self._live.views) and self._live.views[i] is view:
             del self._live.views[i]
             del self._live.bases[i]
+        if len(self._readers):
+            self._readers.drop_owned_by(view)
 
     def _reap_outs(self) -> None:
+        if len(self._out_fds):
+            # An ended datum's output can no longer change (STALE): its files need no fd.
+            for tree in self._live.outs:
+                if tree.closed:
+                    self._out_fds.drop_owned_by(tree)
         self._live.outs = [
             t for t in self._live.outs
             if any(t is s.out for s in self._workers) or t.lookup_count() > 0
@@ -356,6 +393,9 @@ class PfsOperations(pyfuse3.Operations):
     @guarded
     async def forget(self, inode_list: list[tuple[int, int]]) -> None:
         for inode, nlookup in inode_list:
+            # FORGET means the kernel dropped the inode: no read or write of it can follow.
+            self._readers.drop(inode)
+            self._out_fds.drop(inode)
             view = self._view_of(inode)
             if view is not None:
                 view.lookups -= nlookup
@@ -380,8 +420,21 @@ class PfsOperations(pyfuse3.Operations):
         tree = self._out_of(inode)
         if tree is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
-        return self._stat_attr(inode, os.lstat(tree.path(inode)),
+        return self._stat_attr(inode, self._out_stat(tree, inode),
                                at_root=inode == tree.root_inode)
+
+    def _out_stat(self, tree: OutTree, inode: int) -> os.stat_result:
+        """An output's stat; through an fd still open on it once its last name is gone (open,
+        unlink, read on: the kernel asks GETATTR before such a read)."""
+        try:
+            return os.lstat(tree.path(inode))
+        except FileNotFoundError:
+            cached = self._out_fds.get(inode)
+            fd = cached[0] if cached is not None else next(
+                (h.fd for h in self._handles.values() if h.inode == inode and h.fd >= 0), -1)
+            if fd < 0:
+                raise
+            return os.fstat(fd)
 
     @guarded
     async def setattr(
@@ -542,6 +595,11 @@ class PfsOperations(pyfuse3.Operations):
 
     @guarded
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        if self.no_open:
+            # Answered once: from then on the kernel opens files without asking (no OPEN,
+            # FLUSH or RELEASE round trips) and keeps their page cache (FOPEN_KEEP_CACHE).
+            # Writes to an input are refused at WRITE (EROFS) instead of at open.
+            raise pyfuse3.FUSEError(errno.ENOSYS)
         view = self._view_of(inode)
         if view is not None:
             if flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC:
@@ -567,7 +625,8 @@ class PfsOperations(pyfuse3.Operations):
             return pyfuse3.FileInfo(fh=fh, keep_cache=True)
         tree = self._writable(inode)
         fd = os.open(tree.path(inode), _passthrough_flags(flags))
-        return pyfuse3.FileInfo(fh=self._new_handle(Handle(fd=fd, out=tree)), keep_cache=False)
+        return pyfuse3.FileInfo(fh=self._new_handle(Handle(fd=fd, out=tree, inode=inode)),
+                                keep_cache=False)
 
     def _prime(self, inode: int, node: Node, handle: Handle) -> None:
         """Put a small file's bytes in the kernel's page cache before its first open returns.
@@ -594,7 +653,9 @@ class PfsOperations(pyfuse3.Operations):
             self.stats.bytes_read += len(data)
 
     @guarded
-    async def read(self, fh: int, off: int, size: int) -> bytes:
+    async def read(self, fh: int, off: int, size: int, inode: int = 0) -> bytes:
+        if fh == NO_HANDLE:
+            return await self._read_inode(inode, off, size)
         handle = self._handles[fh]
         if handle.data is not None:
             return handle.data[off:off + size]
@@ -609,8 +670,62 @@ class PfsOperations(pyfuse3.Operations):
         self.stats.bytes_read += len(data)
         return data
 
+    async def _read_inode(self, inode: int, off: int, size: int) -> bytes:
+        """READ under no_open: by inode, from a reader kept open across reads."""
+        view = self._view_of(inode)
+        if view is None:
+            fd = self._out_fd(inode, write=False)
+            data = os.pread(fd, size, off)
+            self.stats.bytes_read += len(data)
+            return data
+        node = view.node(inode)
+        if node.data is not None:
+            return node.data[off:off + size]
+        if node.is_dir:
+            raise pyfuse3.FUSEError(errno.EISDIR)
+        reader = self._readers.get(inode)
+        if reader is None:
+            assert node.origin is not None
+            repo, entry = node.origin
+            reader = repo.open_reader(entry)
+            self.stats.content_opens += 1
+            self.stats.files_opened.add(repo.source(entry.path))
+            self._readers.put(inode, reader, view)
+        if reader.inline:
+            data = reader.read(off, size)
+        else:
+            # A remote read waits on the network: never on the thread that serves every
+            # request. `using` keeps the reader open until it is back, whatever is dropped.
+            with self._readers.using(inode) as remote:
+                data = await trio.to_thread.run_sync(remote.read, off, size)
+        self.stats.bytes_read += len(data)
+        return data
+
+    def _out_fd(self, inode: int, write: bool) -> int:
+        """A staging fd of an /pfs/out file (no_open), opened once per inode."""
+        tree = self._writable(inode) if write else self._out_of(inode)
+        if tree is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        cached = self._out_fds.get(inode)
+        if cached is not None and (cached[1] or not write):
+            return cached[0]
+        path = tree.path(inode)
+        try:
+            # Read-write, so one fd serves both: the kernel has checked the caller's access.
+            fd, writable = os.open(path, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW), True
+        except PermissionError:
+            if write:
+                raise
+            fd, writable = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW), False
+        self._out_fds.put(inode, (fd, writable), tree)
+        return fd
+
     @guarded
-    async def write(self, fh: int, off: int, buf: bytes) -> int:
+    async def write(self, fh: int, off: int, buf: bytes, inode: int = 0) -> int:
+        if fh == NO_HANDLE:
+            if self._view_of(inode) is not None:
+                raise pyfuse3.FUSEError(READ_ONLY)
+            return os.pwrite(self._out_fd(inode, write=True), buf, off)
         handle = self._handles[fh]
         if handle.out is None:
             raise pyfuse3.FUSEError(errno.EBADF)
@@ -625,10 +740,23 @@ class PfsOperations(pyfuse3.Operations):
         raise pyfuse3.FUSEError(errno.ENOSYS)
 
     @guarded
-    async def fsync(self, fh: int, datasync: bool) -> None:
-        handle = self._handles[fh]
-        if handle.out is not None and handle.fd >= 0:
-            (os.fdatasync if datasync else os.fsync)(handle.fd)
+    async def fsync(self, fh: int, datasync: bool, inode: int = 0) -> None:
+        if fh == NO_HANDLE:
+            if self._out_of(inode) is None:
+                return  # an input: nothing of ours to make durable
+            fd = self._out_fd(inode, write=False)
+        else:
+            handle = self._handles[fh]
+            if handle.out is None or handle.fd < 0:
+                return
+            fd = handle.fd
+        # A copy of the fd: the sync takes as long as the disk needs, on a worker thread,
+        # and the original may be closed (RELEASE, FORGET, eviction) meanwhile.
+        dup = os.dup(fd)
+        try:
+            await trio.to_thread.run_sync(os.fdatasync if datasync else os.fsync, dup)
+        finally:
+            os.close(dup)
 
     @guarded
     async def release(self, fh: int) -> None:
@@ -649,7 +777,8 @@ class PfsOperations(pyfuse3.Operations):
         except BaseException:
             os.close(fd)
             raise
-        fi = pyfuse3.FileInfo(fh=self._new_handle(Handle(fd=fd, out=tree)), keep_cache=False)
+        fi = pyfuse3.FileInfo(fh=self._new_handle(Handle(fd=fd, out=tree, inode=attr.st_ino)),
+                              keep_cache=False)
         return fi, attr
 
     @guarded
@@ -698,7 +827,29 @@ class PfsOperations(pyfuse3.Operations):
     @guarded
     async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         tree = self._writable(parent_inode)
-        os.unlink(tree.child_path(parent_inode, name))
+        path = tree.child_path(parent_inode, name)
+        st = self._keep_open(tree, path)
+        os.unlink(path)
+        if st is not None:
+            tree.lost_name(st)
+
+    def _keep_open(self, tree: OutTree, path: str) -> os.stat_result | None:
+        """Before a file loses a name: its stat, and under no_open an fd kept open on it.
+
+        The kernel may still have it open (open, unlink, write on is a POSIX idiom) and
+        nothing told us: its next WRITE or READ comes by inode, with no path to open.
+        """
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return None
+        inode = tree.known(st.st_ino)
+        if self.no_open and inode is not None and stat.S_ISREG(st.st_mode) and st.st_nlink == 1:
+            try:
+                self._out_fd(inode, write=False)
+            except OSError as exc:  # the removal goes on; only a later write by inode fails
+                log.debug("cannot keep %s open before it loses its name: %s", path, exc)
+        return st
 
     @guarded
     async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
@@ -725,10 +876,17 @@ class PfsOperations(pyfuse3.Operations):
         tree = self._writable(parent_inode_old)
         src = tree.child_path(parent_inode_old, name_old)
         dst = tree.child_path(parent_inode_new, name_new)
+        replaced = None
+        if not flags & _linux.RENAME_EXCHANGE:
+            replaced = self._keep_open(tree, dst)  # a file renamed over loses its name
+            if replaced is not None and os.path.samestat(replaced, os.lstat(src)):
+                replaced = None  # two links of one file: rename(2) changes nothing
         if flags:
             _linux.renameat2(src, dst, flags)
         else:
             os.rename(src, dst)
+        if replaced is not None:
+            tree.lost_name(replaced)
         if flags & _linux.RENAME_EXCHANGE:
             tree.exchanged(parent_inode_old, name_old, parent_inode_new, name_new)
         else:
@@ -742,6 +900,17 @@ class PfsOperations(pyfuse3.Operations):
             os.fchown(fd, ctx.uid, ctx.gid)
         else:
             os.lchown(path, ctx.uid, ctx.gid)
+
+
+def _close_reader(reader: Reader) -> None:
+    try:
+        reader.close()
+    except OSError as exc:
+        log.debug("closing a reader: %s", exc)
+
+
+def _close_out_fd(fd_writable: tuple[int, bool]) -> None:
+    os.close(fd_writable[0])
 
 
 def _passthrough_flags(flags: int) -> int:

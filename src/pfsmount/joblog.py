@@ -42,8 +42,10 @@ class JobLog:
     disk, say) pfsmount warns once and goes on without it; the terminal still gets every line.
     """
 
-    def __init__(self, data_dir: str, pipeline: str, job_id: str) -> None:
-        directory = logs_dir(data_dir, pipeline)
+    def __init__(self, data_dir: str, pipeline: str, job_id: str,
+                 directory: str | None = None) -> None:
+        # `directory`: a shard's own logs directory (`Workspace.logs_dir`).
+        directory = directory or logs_dir(data_dir, pipeline)
         self.lines_path = os.path.join(directory, f"{job_id}.jsonl")
         self._file: TextIO | None = None
         try:
@@ -89,7 +91,13 @@ def read_lines(data_dir: str, pipeline: str, job_id: str,
                on_damaged: Callable[[int], None] = lambda number: None) -> Iterator[LogLine]:
     """The recorded lines of a job; a line that cannot be read is skipped, and its number
     passed to `on_damaged` (the last line is cut off when pfsmount was killed mid-write)."""
-    path = os.path.join(logs_dir(data_dir, pipeline), f"{job_id}.jsonl")
+    return read_lines_at(os.path.join(logs_dir(data_dir, pipeline), f"{job_id}.jsonl"),
+                         on_damaged)
+
+
+def read_lines_at(path: str, on_damaged: Callable[[int], None] = lambda number: None
+                  ) -> Iterator[LogLine]:
+    """`read_lines` of the log file `path` (one shard's, say)."""
     with open(path, encoding="utf-8", errors="replace") as f:
         for number, raw in enumerate(f, 1):
             try:

@@ -32,7 +32,7 @@ import sqlite3
 import stat
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,6 +63,11 @@ CREATE INDEX IF NOT EXISTS job_datums_done ON job_datums (job_id)
 -- inspect-job and logs --failed ask for a job's troubles: not a scan of all its datums.
 CREATE INDEX IF NOT EXISTS job_datums_troubled ON job_datums (job_id)
     WHERE state IN ('failed', 'recovered');
+-- S3 outputs: the bucket's commit records this ledger mirrors (a key may be written again
+-- after its record was deleted, so a cached body is good for its ETag only).
+CREATE TABLE IF NOT EXISTS record_cache (
+    key TEXT PRIMARY KEY, etag TEXT NOT NULL, body TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS intents (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, datum_id TEXT NOT NULL, op TEXT NOT NULL,
     path TEXT NOT NULL, source TEXT NOT NULL DEFAULT ''
@@ -185,6 +190,12 @@ class Ledger:
              message, job_id),
         )])
 
+    def forget_job(self, job_id: str) -> None:
+        """Drop a job and its datum rows, to enter a sharded job again under its name
+        (`shardjob.choose_job`); what each datum last became and its outputs stay."""
+        self._transaction([("DELETE FROM job_datums WHERE job_id = ?", (job_id,)),
+                           ("DELETE FROM jobs WHERE job_id = ?", (job_id,))])
+
     def jobs(self) -> list[dict[str, Any]]:
         cols = ("job_id", "pipeline", "started", "ended", "state", "total", "skipped",
                 "processed", "failed", "recovered", "message")
@@ -241,6 +252,14 @@ class Ledger:
         (median,), = self._query(f"SELECT seconds FROM job_datums WHERE {where} "
                                  "ORDER BY seconds LIMIT 1 OFFSET ?", (job_id, n // 2))
         return n, median, high, total
+
+    def ended_seconds(self, job_id: str) -> Iterator[float]:
+        """The seconds of the job's ended datums, shortest first (what `attempt_seconds`
+        counts; merged over shards by `jobview.JobRecords`)."""
+        where = f"job_id = ? AND state IN ({_DONE_SQL}) AND state != 'skipped'"
+        for (seconds,) in self._query(f"SELECT seconds FROM job_datums WHERE {where} "
+                                      "ORDER BY seconds", (job_id,)):
+            yield seconds
 
     def troubled_datums(self, job_id: str) -> list[dict[str, Any]]:
         """The job's FAILED and RECOVERED datums, as `job_datums` records, in job order."""
@@ -427,6 +446,65 @@ class Ledger:
         else:
             self._transaction([("DELETE FROM intents WHERE seq = ?", (seq,)) for seq in seqs])
 
+
+    # ----- a mirror of an output repo in a bucket (S3 outputs) -----------------------------
+
+    def bucket_records(self) -> dict[str, tuple[str, str]]:
+        """The commit records already fetched from the bucket: key -> (ETag, JSON body)."""
+        return {key: (etag, body) for key, etag, body in
+                self._query("SELECT key, etag, body FROM record_cache")}
+
+    def cache_bucket_records(self, rows: Sequence[tuple[str, str, str]]) -> None:
+        """Remember (key, ETag, body) of records this process wrote, so no later sync
+        fetches them."""
+        self._transaction([("INSERT OR REPLACE INTO record_cache (key, etag, body) "
+                            "VALUES (?, ?, ?)", row) for row in rows])
+
+    def mirror(self, m: BucketMirror) -> None:
+        """Make the ledger say what the bucket's records say, in one transaction.
+
+        The bucket is the truth: `datums` and `outputs` are replaced, the jobs and each
+        recorded datum's row in its job are inserted or updated, and the record cache
+        follows the bucket's listing.
+        """
+        stmts: list[tuple[str, Sequence[Any]]] = [
+            ("DELETE FROM record_cache WHERE key = ?", (key,)) for key in m.dropped]
+        stmts += [("INSERT OR REPLACE INTO record_cache (key, etag, body) VALUES (?, ?, ?)",
+                   row) for row in m.fetched]
+        stmts += [("DELETE FROM datums", ()), ("DELETE FROM outputs", ())]
+        stmts += [("INSERT INTO datums (datum_id, hash, state, job_id) VALUES (?, ?, ?, ?)",
+                   row) for row in m.datums]
+        stmts += [("INSERT OR REPLACE INTO outputs (path, datum_id) VALUES (?, ?)",
+                   (_db_path(path), datum_id)) for path, datum_id in m.outputs]
+        stmts += [(
+            "INSERT INTO job_datums (job_id, datum_id, hash, inputs, state, attempts, seconds, "
+            "error, outputs, ended) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT(job_id, datum_id) DO UPDATE SET hash = excluded.hash, "
+            "state = excluded.state, attempts = excluded.attempts, seconds = excluded.seconds, "
+            "error = excluded.error, outputs = excluded.outputs, ended = excluded.ended", row)
+            for row in m.job_datums]
+        stmts += [(
+            "INSERT INTO jobs (job_id, pipeline, spec_hash, salt, started, ended, state, total, "
+            "skipped, processed, failed, recovered, message) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(job_id) DO UPDATE SET "
+            "started = excluded.started, ended = excluded.ended, state = excluded.state, "
+            "total = excluded.total, skipped = excluded.skipped, "
+            "processed = excluded.processed, failed = excluded.failed, "
+            "recovered = excluded.recovered, message = excluded.message", row)
+            for row in m.jobs]
+        self._transaction(stmts)
+
+
+@dataclass
+class BucketMirror:
+    """What `Ledger.mirror` writes: rows in the tables' column order."""
+
+    dropped: Sequence[str]  # record keys no longer in the bucket
+    fetched: Sequence[tuple[str, str, str]]  # (key, ETag, body) of records fetched now
+    datums: Sequence[tuple[str, str, str, str]]
+    outputs: Sequence[tuple[str, str]]  # (path, datum id)
+    job_datums: Sequence[tuple[Any, ...]]
+    jobs: Sequence[tuple[Any, ...]]
 
 _INSERT_INTENT = "INSERT INTO intents (datum_id, op, path, source) VALUES (?, ?, ?, ?)"
 

@@ -8,6 +8,7 @@ directory above it) is renamed through the mount, the only way the staging area 
 
 from __future__ import annotations
 
+import errno
 import os
 from dataclasses import dataclass, field
 
@@ -26,6 +27,9 @@ class OutTree:
     _by_ino: dict[int, int] = field(default_factory=dict)  # staging st_ino -> inode
     _ino_of: dict[int, int] = field(default_factory=dict)  # inode -> staging st_ino
     _lookups: dict[int, int] = field(default_factory=dict)
+    # Files whose last name went (unlink, renamed over) while the kernel still knows them:
+    # their old path may already name another file.
+    _nameless: set[int] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.root_inode = self.inodes.take()
@@ -39,7 +43,9 @@ class OutTree:
         return inode in self._paths
 
     def path(self, inode: int) -> str:
-        """Absolute staging path of `inode`."""
+        """Absolute staging path of `inode`; FileNotFoundError once it has no name."""
+        if inode in self._nameless:
+            raise FileNotFoundError(errno.ENOENT, "an output that no longer has a name")
         rel = self._paths[inode]
         return os.path.join(self.staging, rel) if rel else self.staging
 
@@ -59,6 +65,18 @@ class OutTree:
         self._lookups[inode] = self._lookups.get(inode, 0) + 1
         return inode
 
+    def known(self, st_ino: int) -> int | None:
+        """The inode the kernel was given for the staging file `st_ino`, if any."""
+        return self._by_ino.get(st_ino)
+
+    def lost_name(self, st: os.stat_result) -> None:
+        """The staging file `st` (stat'ed before) lost its last name: its inode has no path."""
+        inode = self._by_ino.pop(st.st_ino, None)
+        if inode is not None and st.st_nlink <= 1:
+            self._nameless.add(inode)
+        elif inode is not None:
+            self._by_ino[st.st_ino] = inode
+
     def forget(self, inode: int, n: int) -> None:
         left = self._lookups.get(inode, 0) - n
         if left > 0 or inode == self.root_inode:
@@ -66,6 +84,7 @@ class OutTree:
             return
         self._lookups.pop(inode, None)
         self._paths.pop(inode, None)
+        self._nameless.discard(inode)
         st_ino = self._ino_of.pop(inode, None)
         if st_ino is not None and self._by_ino.get(st_ino) == inode:
             del self._by_ino[st_ino]

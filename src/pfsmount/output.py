@@ -33,13 +33,14 @@ import stat
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-
-import pyfuse3
+from typing import Any
 
 from pfsmount import nofollow
+from pfsmount._linux import syncfs
 from pfsmount.ledger import DatumEnding, Intent, Ledger, LedgerError
 from pfsmount.names import display
 from pfsmount.ownership import OutputIndex
+from pfsmount.shards import Shard
 from pfsmount.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,15 @@ class OutputConflict(Exception):
 
 
 class _NotRecorded(Exception):
-    """A group of endings could not be recorded; nothing of it changed."""
+    """A group of endings could not be recorded; nothing of it changed, except for a store
+    that commits datum by datum: the endings in `committed` (datum ids) got through, and
+    those in `failed` (datum id -> why) failed for good, so trying them alone is pointless."""
+
+    def __init__(self, message: str, committed: frozenset[str] = frozenset(),
+                 failed: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.committed = committed
+        self.failed = failed or {}
 
 
 @dataclass
@@ -75,6 +84,10 @@ class OutputRepo:
     ledger: Ledger
     job_id: str = ""
     hasher: Callable[[str], str] | None = None  # datum id -> its hash, for the ledger
+    shard: Shard | None = None  # stages, recovers and cleans up only its own (`shards`)
+    # A shard's check of files no datum of its own wrote, which may be another shard's:
+    # (datum id, such paths it would add) -> the conflict, or None (`shardjob.ForeignOutputs`).
+    foreign: Callable[[str, Sequence[str]], str | None] | None = None
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -85,11 +98,14 @@ class OutputRepo:
         self._index: OutputIndex | None = None  # loaded from the ledger when first needed
         self._claims: dict[str, str] = {}  # output path -> queued datum that adds it
         self._releases: set[str] = set()  # output paths queued endings delete
-        self.workspace = Workspace.of(self.data_dir, self.pipeline)
+        self.workspace = Workspace.of(self.data_dir, self.pipeline, self.shard)
         self.staging_root = self.workspace.staging_root
-        self.repo_dir = self.workspace.repo_dir
+        self.repo_dir = self.workspace.repo_dir  # where the output repo is, for people
         self._attempts = 0
         self._worker_dirs: set[int] = set()  # workers whose staging directory exists
+        self._open_repo()
+
+    def _open_repo(self) -> None:
         os.makedirs(self.repo_dir, exist_ok=True)
 
     # ----- start of a run -------------------------------------------------------------
@@ -100,7 +116,7 @@ class OutputRepo:
         if not pending:
             return 0
         self._apply([intent for _, intent in pending])
-        pyfuse3.syncfs(self.repo_dir)
+        syncfs(self.repo_dir)
         self.ledger.clear_intents([seq for seq, _ in pending])
         return len(pending)
 
@@ -172,6 +188,25 @@ class OutputRepo:
             else:
                 self._unregistered.extend(rows)
 
+    # ----- the job's record where the output repo is -----------------------------------
+
+    def publish_job(self, job: dict[str, Any]) -> None:
+        """Make the job's row (`Ledger.job`) readable by any machine that reads this output
+        repo. Locally the ledger beside the output repo already is."""
+
+    def publish_log(self, job_id: str, path: str, *, final: bool) -> None:
+        """Make the job log at `path` readable beside the output repo (locally it is)."""
+
+    def shard_conflicts(self) -> list[str]:
+        """A shard's output paths that datums of another shard wrote too (each a message):
+        this shard's outputs are published for the others first (`shardjob`). Empty when
+        the job is not sharded."""
+        if self.shard is None:
+            return []
+        from pfsmount.shardjob import publish_outputs
+
+        return publish_outputs(self.workspace, self.ledger)
+
     # ----- datum attempts ---------------------------------------------------------------
 
     def new_staging(self, worker: int = 0) -> str:
@@ -189,7 +224,7 @@ class OutputRepo:
 
     def discard(self, staging: str) -> None:
         """Drop an attempt's output."""
-        shutil.rmtree(staging, ignore_errors=True)
+        _remove_tree(staging)
 
     def stage_success(self, datum_id: str, staging: str, *, attempts: int, seconds: float,
                       listing: tuple[list[str], list[str]] | None = None) -> int:
@@ -251,8 +286,13 @@ class OutputRepo:
         vetted, failures = self._vet(batch)
         try:
             self._commit(vetted)
-        except _NotRecorded:
+        except _NotRecorded as group:
             for ending in vetted:
+                if ending.datum_id in group.committed:
+                    continue
+                if ending.datum_id in group.failed:
+                    failures += self._fail([ending], group.failed[ending.datum_id])
+                    continue
                 try:
                     self._commit([ending])
                 except _NotRecorded as exc:
@@ -319,6 +359,11 @@ class OutputRepo:
                 return (f"output path /{display(path)} cannot be committed: "
                         f"{display(os.path.join(self.repo_dir, path))} is a directory holding "
                         "files no datum wrote (move it out of the output repo, then run again)")
+        if self.foreign is not None:
+            with self._lock:
+                index = self._outputs()
+                unknown = [path for path in adds if path not in index]
+            return self.foreign(e.datum_id, unknown)
         return None
 
     def _fail(self, endings: Sequence[_Ending], why: str) -> list[tuple[str, str]]:
@@ -347,7 +392,7 @@ class OutputRepo:
     def _commit(self, batch: Sequence[_Ending]) -> None:
         try:
             # The staged bytes must be on disk before the ledger promises them.
-            pyfuse3.syncfs(self.staging_root)
+            syncfs(self.staging_root)
             _crash_point("before-ledger")
             seqs = self.ledger.finish_datums(self.job_id, [
                 DatumEnding(e.datum_id, self._hash(e.datum_id), e.state, e.attempts, e.seconds,
@@ -355,14 +400,7 @@ class OutputRepo:
         except (OSError, LedgerError) as exc:
             raise _NotRecorded(str(exc)) from None
         _crash_point("after-ledger")
-        with self._lock:
-            index = self._outputs()
-            for e in batch:
-                for it in e.intents:
-                    if it.op == "add":
-                        index.add(it.path, e.datum_id)
-                    else:
-                        index.remove(it.path)
+        self._index_endings(batch)
         # From here on the ledger has promised these files: a failure is finished by
         # recover() at the next start, never rolled back.
         for e in batch:
@@ -371,9 +409,20 @@ class OutputRepo:
         self._settle([it for e in batch for it in e.intents], seqs)
         for e in batch:
             if e.staging:
-                shutil.rmtree(e.staging, ignore_errors=True)
+                _remove_tree(e.staging)
 
     # ----- internals ------------------------------------------------------------------
+
+    def _index_endings(self, batch: Sequence[_Ending]) -> None:
+        """Make the in-memory owners say what the committed `batch` changed."""
+        with self._lock:
+            index = self._outputs()
+            for e in batch:
+                for it in e.intents:
+                    if it.op == "add":
+                        index.add(it.path, e.datum_id)
+                    else:
+                        index.remove(it.path)
 
     def _foreign_tree(self, path: str) -> bool:
         """True if a file at `path` would replace a non-empty directory no datum wrote."""
@@ -438,7 +487,7 @@ class OutputRepo:
         if not intents:
             return
         self._apply(intents)
-        pyfuse3.syncfs(self.repo_dir)
+        syncfs(self.repo_dir)
         self.ledger.clear_intents(seqs)
 
     def _apply(self, intents: Sequence[Intent]) -> None:
@@ -513,3 +562,16 @@ def _scan(root: str) -> tuple[list[str], list[str]]:
             (files if os.path.islink(os.path.join(dirpath, d)) else dirs).append(prefix + d)
         files.extend(prefix + f for f in sorted(filenames))
     return files, dirs
+
+
+def _remove_tree(path: str) -> None:
+    """Remove a staging directory and whatever is left in it.
+
+    After a commit a flat staging directory is empty (its files were renamed into the
+    repo): one rmdir, instead of rmtree's six system calls and Python loop on the
+    committer thread, which competes for the GIL with the FUSE requests being served.
+    """
+    try:
+        os.rmdir(path)
+    except OSError:
+        shutil.rmtree(path, ignore_errors=True)

@@ -8,8 +8,8 @@ ids seen, hands the datums to run to the loop over a bounded queue (`DatumLoop.f
 when the stream ends, sweeps the recorded datums it never saw (their outputs go), then tells
 the ledger and the loop the total. Nothing here holds more than a batch of datums.
 
-`planned` is the one place where a datum is taken or left out of this run's stream (the
-place a shard filter belongs).
+`planned` is the one place where a datum is taken or left out of this run's stream: a shard
+(`--shard I/N`) takes only the datums it owns, decided lazily as the stream goes by.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ import logging
 import queue
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -31,6 +30,8 @@ from pfsmount.datums import Datum, datum_hash
 from pfsmount.ledger import Ledger, LedgerError
 from pfsmount.output import OutputRepo
 from pfsmount.queue import DatumRecord, DatumState
+from pfsmount.shardjob import choose_job
+from pfsmount.shards import Shard, select
 from pfsmount.spec import PipelineSpec, SpecError
 from pfsmount.store.base import RepoSource, StoreError
 
@@ -73,22 +74,25 @@ class Plan:
         return sum(self.earlier_counts.values())
 
 
-def planned(datums: Iterable[Datum]) -> Iterator[Datum]:
-    """The datums this run takes, in order: the one place to leave datums out of a run."""
-    return iter(datums)
+def planned(datums: Iterable[Datum], shard: Shard | None = None) -> Iterator[Datum]:
+    """The datums this run takes, in order: the one place to leave datums out of a run.
+    Everything after it (the ledger's rows, the sweep of vanished datums, the totals) sees
+    only these, which is what keeps a shard's ledger to its own datums."""
+    return select(datums, shard)
 
 
-def begin_job(spec: PipelineSpec, output: OutputRepo, ledger: Ledger, spec_hash: str) -> Plan:
-    """Recover from a crash and open the job (blocking I/O)."""
+def begin_job(spec: PipelineSpec, output: OutputRepo, ledger: Ledger, spec_hash: str,
+              job_name: str | None = None) -> Plan:
+    """Recover from a crash and open the job (blocking I/O): the interrupted one, the named
+    one (`--job`, shared by every shard of a job; `shardjob.choose_job`), or a new one."""
     redone = output.recover()
     if redone:
         log.info("finished %d output change(s) that an earlier crash interrupted", redone)
     output.clear_staging()
-    interrupted = ledger.interrupted_job()
-    job_id = interrupted["job_id"] if interrupted else uuid.uuid4().hex
+    job_id, interrupted = choose_job(ledger, job_name)
     # Datums the ledger remembers and the input no longer produces lose their outputs: the
     # ids the listing produces are marked in the ledger, the others swept when it ends.
-    plan = Plan(job_id, interrupted is not None, sweep=ledger.has_datums())
+    plan = Plan(job_id, interrupted, sweep=ledger.has_datums())
     if interrupted:
         counts = ledger.state_counts(job_id)
         plan.earlier_counts = {s: counts.get(s.value, 0) for s in (
@@ -97,9 +101,18 @@ def begin_job(spec: PipelineSpec, output: OutputRepo, ledger: Ledger, spec_hash:
         plan.troubled = {row[0]: row[1:] for row in ledger.troubled_in_job(job_id)}
     # The total is not known yet: `Producer` records it when the listing ends.
     ledger.start_job(job_id, spec.location, spec_hash, spec.salt, 0)
+    _publish(ledger, output, job_id)
     output.job_id = job_id
     output.load_index()
     return plan
+
+
+def _publish(ledger: Ledger, output: OutputRepo, job_id: str) -> None:
+    """Make the job's row readable wherever the output repo is (the bucket: other machines,
+    other shards)."""
+    job = ledger.job(job_id)
+    if job is not None:
+        output.publish_job(job)
 
 
 def plan_batch(plan: Plan, batch: Sequence[Datum], spec: PipelineSpec,
@@ -140,8 +153,9 @@ class Producer:
 
     def __init__(self, plan: Plan, spec: PipelineSpec, repos: Mapping[str, RepoSource],
                  stream: DatumStream, ledger: Ledger, output: OutputRepo, loop: _Feedable,
-                 on_batch: Callable[[], None] = lambda: None) -> None:
+                 on_batch: Callable[[], None] = lambda: None, shard: Shard | None = None) -> None:
         self.plan = plan
+        self._shard = shard
         self._spec = spec
         self._repos = repos
         self._stream = stream
@@ -206,6 +220,7 @@ class Producer:
             if batch and not self._hand_over(batch, token):
                 return
             self._ledger.set_total(plan.job_id, plan.listed)
+            _publish(self._ledger, self._output, plan.job_id)  # now with its total
             if plan.sweep:
                 plan.forgotten = self._output.forget_unseen()
                 if plan.forgotten:
@@ -231,7 +246,7 @@ class Producer:
         """Put every planned datum on `listed`, then an `_End` (with the error, if any)."""
         end = _End()
         try:
-            for datum in planned(self._stream()):
+            for datum in planned(self._stream(), self._shard):
                 while not self._put(listed, datum):
                     if self._quit.is_set():
                         return

@@ -25,9 +25,10 @@ from dataclasses import dataclass, field
 import pyfuse3
 import trio
 
+from pfsmount import mountinfo
 from pfsmount.console import Console, plural
 from pfsmount.datums import datum_hash
-from pfsmount.fs import PfsOperations
+from pfsmount.fs import PfsOperations, no_open_possible, nonblocking_fuse_read
 from pfsmount.fusewake import FuseReadWatchdog
 from pfsmount.joblog import JobLog
 from pfsmount.ledger import Ledger, LedgerError
@@ -39,6 +40,12 @@ from pfsmount.plan import DatumStream, Producer, begin_job
 from pfsmount.preflight import StartError, check_mountpoint_outside, check_port, check_program
 from pfsmount.protocol import WorkerServer
 from pfsmount.sandbox import RunDir, Sandbox, absolute_paths, choose, probe_namespaces
+from pfsmount.shardjob import (
+    ForeignOutputs,
+    LayoutError,
+    check_layout,
+)
+from pfsmount.shards import Shard
 from pfsmount.shims import NATIVE_PACHCTL, write_pachctl
 from pfsmount.spec import PipelineSpec, SpecError
 from pfsmount.store.base import RepoSource, StoreError
@@ -71,6 +78,11 @@ class RunOptions:
     exit_grace: float = 30.0  # time a pfsmount client gets to exit after "no more datums"
     shared_tmp: bool = False  # user code sees the machine's /tmp, not a private one
     parallelism: int | None = None  # workers; overrides the spec's parallelism_spec
+    shard: Shard | None = None  # run only this shard's datums (`shards.py`)
+    job_name: str | None = None  # the job id every shard of a job shares
+    # s3://BUCKET[/PREFIX]: the output repo is PREFIX/<pipeline>/ there, and data_dir only
+    # holds the local state (staging, the ledger's mirror of the bucket's records, logs).
+    output_url: str | None = None
 
 
 @dataclass
@@ -156,19 +168,8 @@ def prepare_mountpoint(path: str) -> None:
         )
 
 
-def _mount_type(path: str) -> str | None:
-    real = os.path.abspath(path)
-    with open("/proc/self/mountinfo", encoding="utf-8") as f:
-        for line in f:
-            fields = line.split()
-            sep = fields.index("-")
-            if fields[4].encode().decode("unicode_escape") == real:
-                return fields[sep + 1]
-    return None
-
-
 def _clear_stale_mount(path: str) -> None:
-    kind = _mount_type(path)
+    kind = mountinfo.fstype(path)
     if kind != "fuse.pfsmount":
         raise RunError(
             f"mountpoint {path} is a dead FUSE mount ({kind or 'unknown type'}); "
@@ -187,7 +188,7 @@ def _clear_stale_mount(path: str) -> None:
 
 def _clear_stale_session(path: str) -> None:
     """Unmount a worker session a killed run left at `path` (its run directory goes next)."""
-    if _mount_type(path) == "fuse.pfsmount":
+    if mountinfo.fstype(path) == "fuse.pfsmount":
         log.warning("%s is left over from a pfsmount that died; unmounting it", path)
         subprocess.run(["fusermount3", "-u", "-z", path], check=False, capture_output=True)
 
@@ -242,12 +243,21 @@ def user_env(spec: PipelineSpec, port: int, rundir: RunDir, worker: int = 0) -> 
 # ----- the job ---------------------------------------------------------------------------
 
 
-def lock_pipeline(workspace: Workspace) -> int:
-    """Hold the pipeline's lock for this process's life; two runs would corrupt each other."""
+def lock_pipeline(workspace: Workspace) -> list[int]:
+    """Hold the pipeline's lock for this process's life; two runs would corrupt each other.
+    Returns the fds that hold it (a shard's own lock, and the pipeline's shared with the
+    other shards)."""
+    fds: list[int] = []
     try:
-        return workspace.lock()
-    except WorkspaceBusy as exc:
+        if workspace.shard is not None:
+            fds.append(workspace.lock_shared())
+        fds.append(workspace.lock())
+        check_layout(workspace)
+    except (WorkspaceBusy, LayoutError) as exc:
+        for fd in fds:
+            os.close(fd)
         raise RunError(str(exc)) from None
+    return fds
 
 
 async def run_job(
@@ -259,12 +269,13 @@ async def run_job(
     spec_hash: str = "",
 ) -> JobReport:
     """Mount /pfs, run the user code over every datum that needs it, commit as datums end."""
-    workspace = Workspace.of(opts.data_dir, spec.location)
-    lock_fd = lock_pipeline(workspace)
+    workspace = Workspace.of(opts.data_dir, spec.location, opts.shard)
+    lock_fds = lock_pipeline(workspace)
     try:
         return await _locked_job(spec, repos, datums, opts, console, spec_hash, workspace)
     finally:
-        os.close(lock_fd)
+        for fd in lock_fds:
+            os.close(fd)
 
 
 async def _locked_job(
@@ -296,9 +307,10 @@ async def _locked_job(
         ledger = Ledger(workspace.ledger_path)
     except LedgerError as exc:
         raise RunError(str(exc)) from None
-    output = OutputRepo(opts.data_dir, spec.location, ledger)
     try:
-        plan = await trio.to_thread.run_sync(begin_job, spec, output, ledger, spec_hash)
+        output = await trio.to_thread.run_sync(open_output, opts, workspace, ledger)
+        plan = await trio.to_thread.run_sync(begin_job, spec, output, ledger, spec_hash,
+                                             opts.job_name)
     except (LedgerError, SpecError, StoreError) as exc:
         ledger.close()
         raise RunError(str(exc)) from None
@@ -307,12 +319,23 @@ async def _locked_job(
         console.info(f"resuming interrupted job {plan.job_id[:12]}: "
                      f"{plural(plan.resumed, 'datum')} already finished"
                      + (f", {failed} of them failed" if failed else ""))
-    untracked = output.untracked()
+    # A shard sees the other shards' outputs as files no datum of its own wrote.
+    untracked = output.untracked() if workspace.shard is None else []
     if untracked:
         console.warn(f"{plural(len(untracked), 'file')} in {output.repo_dir} "
                      f"{'was' if len(untracked) == 1 else 'were'} not written by any "
                      f"datum (e.g. {untracked[0]}); they are left as they are")
-    joblog = JobLog(opts.data_dir, spec.location, plan.job_id)
+    joblog = JobLog(opts.data_dir, spec.location, plan.job_id, workspace.logs_dir)
+    output.publish_log(plan.job_id, joblog.lines_path, final=False)
+    problems: list[str] = []
+    # Output paths written by datums of two shards: found at the latest when the next run of
+    # either starts, reported (and failing the job) as on one machine.
+    shard_conflicts: list[str] = []
+    if workspace.shard is not None:
+        shard_conflicts = await trio.to_thread.run_sync(output.shard_conflicts)
+        for conflict in shard_conflicts:
+            console.error(conflict)
+        problems += shard_conflicts
     rundir = workspace.run
     _clear_stale_session(rundir.fuse_dir)
     await trio.to_thread.run_sync(rundir.create, workers)
@@ -320,7 +343,7 @@ async def _locked_job(
         opts.mountpoint, opts.workdir or os.getcwd(), rundir.root, rundir.socket_path,
         *absolute_paths(spec.transform.cmd), *absolute_paths(spec.transform.err_cmd)])
     started = time.monotonic()
-    fs = PfsOperations(workers)
+    fs = PfsOperations(workers, no_open=no_open_possible())
     # One worker: /pfs itself, as always. Several: one session with a root per worker, each
     # bound on /pfs in its worker's mount namespace (the session's own mountpoint is hidden).
     fuse_at = opts.mountpoint if workers == 1 else rundir.fuse_dir
@@ -336,21 +359,21 @@ async def _locked_job(
     # released only after the flush that committed them.
     output.hasher = lambda datum_id: datum_hash(loop.queue.record(datum_id).datum, repos,
                                                 spec.salt)
-    producer = Producer(plan, spec, repos, datums, ledger, output, loop)
+    producer = Producer(plan, spec, repos, datums, ledger, output, loop, shard=workspace.shard)
     try:
         pyfuse3.init(fs, fuse_at, mount_options())
         fs.notifier = notifier = KernelNotifier()
     except RuntimeError as exc:
         rundir.remove()
-        ledger.end_job(plan.job_id, "failed", f"cannot mount: {exc}")
+        _end_job(ledger, output, plan.job_id, "failed", f"cannot mount: {exc}")
         raise RunError(f"cannot mount FUSE at {opts.mountpoint}: {exc} "
                        "(is /dev/fuse present, and are you root?)") from None
-    problems: list[str] = []
     outcome = "failed"
     restarts = 0
     stopped_by = ""
     serving = trio.Event()
-    wake = FuseReadWatchdog(lifeline())
+    # pfsmount's patched pyfuse3 reads /dev/fuse without blocking: nothing to watch for.
+    wake = FuseReadWatchdog(lifeline()) if not nonblocking_fuse_read() else None
     try:
         async with trio.open_nursery() as fs_nursery:
             fs_nursery.start_soon(pyfuse3.main)
@@ -376,12 +399,16 @@ async def _locked_job(
             raise
         # Found out only by trying (a port taken since the check): the job ends, saying why.
         console.end_progress()
-        await trio.to_thread.run_sync(ledger.end_job, plan.job_id, "failed", str(refused))
+        await trio.to_thread.run_sync(_end_job, ledger, output, plan.job_id, "failed",
+                                      str(refused))
         ledger.close()
         joblog.close()
+        await trio.to_thread.run_sync(functools.partial(
+            output.publish_log, plan.job_id, joblog.lines_path, final=True))
         raise refused from None
     finally:
-        wake.close()
+        if wake is not None:
+            wake.close()
         pyfuse3.close(unmount=True)
         await trio.to_thread.run_sync(rundir.remove)
     console.end_progress()
@@ -403,10 +430,14 @@ async def _locked_job(
         counts={s: loop.queue.count(s) for s in DatumState}, earlier_counts=plan.earlier_counts,
         listed=plan.listed,
     )
-    if report.count(DatumState.FAILED) and outcome == "success":
+    if workspace.shard is not None:
+        later = await trio.to_thread.run_sync(output.shard_conflicts)
+        shard_conflicts += [c for c in later if c not in shard_conflicts]
+        report.problems += [c for c in later if c not in report.problems]
+    if (report.count(DatumState.FAILED) or shard_conflicts) and report.outcome == "success":
         report.outcome = "failed"
     try:
-        await trio.to_thread.run_sync(ledger.end_job, plan.job_id, report.outcome,
+        await trio.to_thread.run_sync(_end_job, ledger, output, plan.job_id, report.outcome,
                                       "; ".join(problems))
     except LedgerError as exc:
         # The job's row keeps saying "running": the next run resumes it and does again
@@ -417,7 +448,30 @@ async def _locked_job(
             "resumes it and runs the others again")
     ledger.close()
     joblog.close()
+    await trio.to_thread.run_sync(functools.partial(
+        output.publish_log, plan.job_id, joblog.lines_path, final=True))
     return report
+
+
+def open_output(opts: RunOptions, workspace: Workspace, ledger: Ledger) -> OutputRepo:
+    """The pipeline's output repo: beside the data, or in the bucket. A shard's commits,
+    recovers and forgets only its own datums either way."""
+    shard = workspace.shard
+    if opts.output_url is None:
+        return OutputRepo(opts.data_dir, workspace.pipeline, ledger, shard=shard,
+                          foreign=ForeignOutputs(workspace) if shard else None)
+    from pfsmount.s3output import S3OutputRepo
+
+    return S3OutputRepo(opts.data_dir, workspace.pipeline, ledger, shard=shard,
+                        location=opts.output_url)
+
+
+def _end_job(ledger: Ledger, output: OutputRepo, job_id: str, state: str,
+             message: str = "") -> None:
+    ledger.end_job(job_id, state, message)
+    job = ledger.job(job_id)
+    if job is not None:
+        output.publish_job(job)
 
 
 def _only_run_error(group: BaseExceptionGroup) -> RunError | None:

@@ -18,7 +18,9 @@ import os
 import select
 import struct
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+
+from pfsmount.store import is_remote
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +66,12 @@ def open_watcher(data_dir: str, repos: Sequence[str], *, poll: float | None = No
                  settle: float = DEFAULT_SETTLE) -> Watcher:
     """inotify over `repos` (keys under `data_dir`), or polling every `poll` seconds when
     asked or when inotify is unavailable."""
+    if is_remote(data_dir):
+        # No change notifications from a bucket: its listing is compared instead.
+        from pfsmount.store.s3out import fingerprint
+
+        return PollWatcher(data_dir, repos, interval=poll or 2.0, settle=settle,
+                           snapshot=lambda repo: fingerprint(data_dir, f"{repo}/"))
     if poll is None:
         try:
             return InotifyWatcher(data_dir, repos, settle=settle)
@@ -153,13 +161,15 @@ class PollWatcher(Watcher):
     """Compares a listing of each repo every `interval` seconds."""
 
     def __init__(self, data_dir: str, repos: Sequence[str], *, interval: float,
-                 settle: float) -> None:
+                 settle: float, snapshot: Callable[[str], frozenset] | None = None) -> None:
         self.data_dir = data_dir
         self.repos = list(repos)
         self.interval = interval
         self.how = f"polling every {interval:g}s"
         self.settle = settle
-        self._seen = {repo: _snapshot(os.path.join(data_dir, repo)) for repo in self.repos}
+        # A repo's listing: local files (name, size, mtime, inode), or a bucket's objects.
+        self._snapshot = snapshot or (lambda repo: _snapshot(os.path.join(data_dir, repo)))
+        self._seen = {repo: self._snapshot(repo) for repo in self.repos}
 
     def wait(self) -> set[str]:
         while True:
@@ -177,7 +187,7 @@ class PollWatcher(Watcher):
     def _changes(self) -> set[str]:
         changed = set()
         for repo in self.repos:
-            now = _snapshot(os.path.join(self.data_dir, repo))
+            now = self._snapshot(repo)
             if now != self._seen[repo]:
                 self._seen[repo] = now
                 changed.add(repo)

@@ -40,6 +40,7 @@ from pfsmount.queue import FINAL_STATES, DatumQueue, DatumRecord, DatumState
 from pfsmount.reply import Reply, WorkerGone, WorkerRefused
 from pfsmount.store.base import RepoSource
 from pfsmount.view import View, build_view, empty_view, set_env_file
+from pfsmount.viewfiles import ViewWarming, read_failure, warm
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,7 @@ class _Prefetch:
     record: DatumRecord
     done: trio.Event = field(default_factory=trio.Event)
     prepared: _Prepared | None = None
+    warming: ViewWarming | None = None  # its small files, being fetched from a remote store
 
 
 @dataclass
@@ -286,6 +288,8 @@ class DatumLoop:
         """Refuse every further call (the job is ending)."""
         self.closed = True
         self.listing_ended.set()  # a datum waiting for the listing's end waits no more
+        if self._prefetch is not None and self._prefetch.warming is not None:
+            self._prefetch.warming.cancel()  # no datum will be shown any more
         self.poke()
 
     def retry(self, record: DatumRecord) -> None:
@@ -317,10 +321,16 @@ class DatumLoop:
         slot = _Prefetch(record)
         self._prefetch = slot
 
+        def prepare_and_warm() -> _Prepared:
+            prepared = self.prepare(slot.record, worker)
+            # Only submitted here: the fetches run on the store's own threads, so neither
+            # this thread nor the swap ever waits for them.
+            slot.warming = warm(prepared.view)
+            return prepared
+
         async def run() -> None:
             try:
-                slot.prepared = await trio.to_thread.run_sync(self.prepare, slot.record,
-                                                              worker)
+                slot.prepared = await trio.to_thread.run_sync(prepare_and_warm)
             except OSError as exc:
                 log.debug("preparing datum %s ahead failed: %s", slot.record.datum.id[:12], exc)
             finally:
@@ -338,6 +348,8 @@ class DatumLoop:
             await slot.done.wait()
             if slot.prepared is not None and slot.record is record:
                 return slot.prepared
+            if slot.warming is not None:
+                slot.warming.cancel()
             if slot.prepared is not None:
                 # A retry jumped the queue: the datum prepared ahead is not the next one.
                 await trio.to_thread.run_sync(self.output.discard, slot.prepared.out.staging)
@@ -550,6 +562,10 @@ class Worker:
         record.seconds += elapsed
         self.attempts += 1
         self.busy_seconds += elapsed
+        if not error:
+            # An input object changed after listing: the user code got EIO for it, and its
+            # outputs must not count as this datum's, even if it carried on regardless.
+            error = read_failure(cur.view)
         if not error:
             try:
                 try:

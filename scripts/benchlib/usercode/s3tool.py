@@ -1,9 +1,11 @@
 """S3 helpers of the benchmark's s3 section, run by .venv's Python (they need obstore/boto3).
 
-- `upload BUCKET BIG_BYTES SMALL_N SMALL_BYTES`: a bucket holding big/blob and small/NNNN.
+- `upload BUCKET BIG_BYTES SMALL_N SMALL_BYTES`: a bucket holding big/blob and small/NNNN,
+  and for the cache rows model/weights (64 MiB) and items/N (8 tiny objects).
 - `floor BUCKET KEY`: read one object with plain parallel 8 MiB ranged GETs (the floor).
 - `floor-small BUCKET PREFIX`: list a prefix and GET every object, 16 in parallel.
-- `read MODE ...` (under pfsmount run): `seq PATH`, `walk DIR`, `at PATH OFFSET SIZE`.
+- `read MODE ...` (under pfsmount run): `seq PATH`, `walk DIR`, `at PATH OFFSET SIZE`;
+  `shared PATH` and `datums DIR WORK_SECONDS` record every datum (a list of records).
 
 Endpoint and credentials come from the standard AWS env vars. Each writes one JSON object to
 $BENCH_RESULT.
@@ -21,6 +23,8 @@ from concurrent.futures import ThreadPoolExecutor
 MIB = 1 << 20
 PART = 8 * MIB
 THREADS = 16
+SHARED_BYTES = 64 * MIB
+ITEMS = 8
 
 
 def _store(bucket: str):  # type: ignore[no-untyped-def]
@@ -33,7 +37,7 @@ def _store(bucket: str):  # type: ignore[no-untyped-def]
                    client_options={"allow_http": True})
 
 
-def _write(result: dict) -> None:
+def _write(result: dict | list) -> None:
     with open(os.environ["BENCH_RESULT"], "w") as f:
         json.dump(result, f)
 
@@ -52,6 +56,10 @@ def upload(bucket: str, big: int, n: int, size: int) -> None:
     with ThreadPoolExecutor(THREADS) as pool:
         list(pool.map(lambda i: obstore.put(store, f"small/{i // 100:02d}/{i:05d}",
                                             os.urandom(size)), range(n)))
+    obstore.put(store, "model/weights", os.urandom(MIB) * (SHARED_BYTES // MIB),
+                chunk_size=PART, max_concurrency=THREADS)
+    for i in range(ITEMS):
+        obstore.put(store, f"items/{i}", b"item %d" % i)
     _write({"uploaded": True})
 
 
@@ -85,6 +93,9 @@ def read(mode: str, args: list[str]) -> None:
         from pfsmount import iter_datums
 
         datums = iter_datums()
+    if mode in ("shared", "datums"):
+        _read_datums(mode, args, datums)
+        return
     for _ in datums:  # type: ignore[attr-defined]
         t0 = time.perf_counter()
         total = files = 0
@@ -105,6 +116,30 @@ def read(mode: str, args: list[str]) -> None:
                 total = len(f.read(int(args[2])))
             files = 1
         _write({"bytes": total, "files": files, "seconds": time.perf_counter() - t0})
+
+
+def _read_datums(mode: str, args: list[str], datums: object) -> None:
+    """Per datum: `shared` reads one file whole; `datums` "works" WORK_SECONDS (while pfsmount
+    may fetch the next datum's files), then walks and reads DIR."""
+    records = []
+    for _ in datums:  # type: ignore[attr-defined]
+        if mode == "datums":
+            time.sleep(float(args[1]))
+        t0 = time.perf_counter()
+        total = files = 0
+        if mode == "shared":
+            with open(args[0], "rb", buffering=0) as f:
+                while chunk := f.read(MIB):
+                    total += len(chunk)
+            files = 1
+        else:
+            for dirpath, _dirs, names in os.walk(args[0]):
+                for name in names:
+                    with open(os.path.join(dirpath, name), "rb") as f:
+                        total += len(f.read())
+                    files += 1
+        records.append({"bytes": total, "files": files, "seconds": time.perf_counter() - t0})
+        _write(records)
 
 
 def main(argv: list[str]) -> None:

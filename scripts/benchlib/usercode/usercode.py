@@ -10,11 +10,13 @@ Modes that run under `pfsmount run` (the datum's files come from /pfs):
 - `reads`: read the 1 GiB file cold, then again warm.
 - `small`: walk and read the 10,000-file datum, twice.
 - `swap`: time every NextDatum call.
+- `writes`: the write rows of issue 14 into /pfs/out ($BENCH_WRITE_BYTES + fsync, then 2,000
+  small files), and the FUSE round trip (stat of a root name, which is never cached).
 - `first`: note when the first datum arrived, then wait to be stopped; with BENCH_ALL=1 go on
   through every datum (doing nothing) so pfsmount's peak memory covers a whole job.
 
 Modes that read the repo directory directly (the baselines): `floor REPO OUT`,
-`reads-direct FILE [SOURCE]`, `small-direct ROOT`.
+`reads-direct FILE [SOURCE]`, `small-direct ROOT`, `writes-direct OUT STAT_PATH BYTES`.
 
 The per-datum modes time themselves through their outputs (see `workload.handle_datum`); the
 others write one JSON object to $BENCH_RESULT. Timestamps that the driver compares with its
@@ -164,6 +166,53 @@ def small_direct(root: str) -> None:
     write_result(RESULT, _walk_twice(root))
 
 
+SMALL_OUTPUTS = 2000
+STATS = 2000
+
+
+def _writes(out: str, stat_path: str, size: int) -> dict[str, object]:
+    """`size` bytes written in 1 MiB writes and fsync'ed; 2,000 files of 1 KiB; stats."""
+    chunk = b"w" * (1024 * 1024)
+    started = time.perf_counter()
+    with open(os.path.join(out, "big.out"), "wb", buffering=0) as f:
+        for _ in range(size // len(chunk)):
+            f.write(chunk)
+        os.fsync(f.fileno())
+    big = time.perf_counter() - started
+    os.unlink(os.path.join(out, "big.out"))
+    small_dir = os.path.join(out, "small")
+    os.mkdir(small_dir)
+    line = b"s" * 1024
+    started = time.perf_counter()
+    for i in range(SMALL_OUTPUTS):
+        with open(os.path.join(small_dir, f"{i:05d}"), "wb", buffering=0) as f:
+            f.write(line)
+    small = time.perf_counter() - started
+    stats = []
+    for _ in range(STATS):
+        t0 = time.perf_counter()
+        os.stat(stat_path)
+        stats.append(time.perf_counter() - t0)
+    stats.sort()
+    return {"write_bytes": size // len(chunk) * len(chunk), "write_seconds": big,
+            "small_files": SMALL_OUTPUTS,
+            "small_seconds": small, "stat_seconds_median": stats[len(stats) // 2]}
+
+
+def writes() -> None:
+    from pfsmount import next_datum
+
+    datum = next_datum()
+    assert datum is not None
+    # A root name: answered with entry timeout 0, so every stat is a LOOKUP round trip.
+    write_result(RESULT, _writes(OUT, "/pfs/.env", int(os.environ["BENCH_WRITE_BYTES"])))
+    assert next_datum() is None
+
+
+def writes_direct(out: str, stat_path: str, size: str) -> None:
+    write_result(RESULT, _writes(out, stat_path, int(size)))
+
+
 def swap() -> None:
     from pfsmount import next_datum
 
@@ -225,6 +274,8 @@ MODES: dict[str, Callable[..., None]] = {
     "small": small,
     "small-direct": small_direct,
     "swap": swap,
+    "writes": writes,
+    "writes-direct": writes_direct,
     "first": first,
 }
 

@@ -21,7 +21,15 @@ from typing import NamedTuple, Protocol
 
 from pfsmount.names import FS_ENCODING, FS_ERRORS
 
-__all__ = ["Entry", "Reader", "RepoListing", "RepoSource", "StoreError", "digest_entries"]
+__all__ = [
+    "Entry",
+    "Reader",
+    "RepoListing",
+    "RepoSource",
+    "StoreError",
+    "Warming",
+    "digest_entries",
+]
 
 _ENTRY_RECORD = struct.Struct(">IQq")
 _PATH_LENGTH = struct.Struct(">I")
@@ -73,12 +81,21 @@ class Reader(Protocol):
 
     inline: bool
 
-    def read(self, offset: int, size: int) -> bytes:
+    def read(self, offset: int, size: int) -> bytes | memoryview:
         """Up to `size` bytes from `offset`; short only at the end of the file. OSError on
-        failure (EIO for a store that finally could not deliver)."""
+        failure (EIO for a store that finally could not deliver). A memoryview may be of a
+        cached buffer: use it, never write to it."""
         ...
 
     def close(self) -> None: ...
+
+
+class Warming(Protocol):
+    """Background fetches started by `RepoSource.warm`."""
+
+    def cancel(self) -> None:
+        """Abandon what has not started (the datum will not be shown)."""
+        ...
 
 
 def sort_key(path: str) -> str:
@@ -111,6 +128,16 @@ class RepoSource(abc.ABC):
     def open_reader(self, entry: Entry) -> Reader:
         """A reader of the listed regular file `entry`. Local stores open it now; remote ones
         fetch nothing until the first read."""
+
+    def read_failure(self, entry: Entry) -> str:
+        """Why reads of `entry` can never deliver its listed content (an object changed after
+        the listing), or "": a datum that includes such a file fails with this reason."""
+        return ""
+
+    def warm(self, entries: Sequence[Entry]) -> Warming | None:
+        """Start fetching these (small) files into the store's cache in the background, for a
+        datum about to be shown; None when reads are local anyway. Never blocks."""
+        return None
 
 
 class RepoListing(RepoSource):
