@@ -36,6 +36,7 @@ from typing import Any
 from pfsmount.store.base import Entry, RepoListing, RepoSource, StoreError, digest_entries
 from pfsmount.store.cache import CacheSettings, ChunkCache, ChunkKey, DiskCache
 from pfsmount.store.local import DEFAULT_PROJECT, check_repo_name, repo_location
+from pfsmount.store.s3list import PageLister
 
 __all__ = ["S3Location", "bucket_for", "configure_cache", "parse_location"]
 
@@ -103,6 +104,7 @@ class Bucket:
             retries={"max_attempts": 4, "mode": "standard"},  # 5xx/throttling: backoff
             connect_timeout=5, read_timeout=30, max_pool_connections=FETCH_THREADS)
         self._client = self._session.client("s3", config=config)
+        self._lister = PageLister(self._session, config, FETCH_THREADS)
         self.endpoint = self._client.meta.endpoint_url
         self.region = self._client.meta.region_name or "us-east-1"
         self._store: Any = None  # the obstore client, made at the first read
@@ -205,9 +207,7 @@ class Bucket:
         files: dict[str, Entry] = {}
         dirs: set[str] = set()
         marker = 0
-        paginator = self._client.get_paginator("list_objects_v2")
-        for page in paginator.paginate(Bucket=self.location.bucket, Prefix=key_prefix,
-                                       Delimiter="/"):
+        for page in self._lister.pages(self.location.bucket, key_prefix, "/"):
             for obj in page.get("Contents", ()):
                 name = obj["Key"][len(key_prefix):]
                 if not name:
@@ -236,8 +236,7 @@ class Bucket:
         return items, marker or newest
 
     def _list(self, prefix: str):
-        paginator = self._client.get_paginator("list_objects_v2")
-        for page in paginator.paginate(Bucket=self.location.bucket, Prefix=prefix):
+        for page in self._lister.pages(self.location.bucket, prefix):
             for obj in page.get("Contents", ()):
                 yield obj["Key"][len(prefix):], obj["Size"], obj["ETag"], obj["LastModified"]
 
