@@ -219,9 +219,12 @@ class Ledger:
         return matches[-1] if matches else None
 
     def job_datums(self, job_id: str) -> list[dict[str, Any]]:
+        return self._datum_records("job_id = ?", (job_id,))
+
+    def _datum_records(self, where: str, args: Sequence[Any]) -> list[dict[str, Any]]:
         cols = ("datum_id", "hash", "inputs", "state", "attempts", "seconds", "error", "outputs")
-        rows = self._query(f"SELECT {', '.join(cols)} FROM job_datums WHERE job_id = ? "
-                           "ORDER BY rowid", (job_id,))
+        rows = self._query(f"SELECT {', '.join(cols)} FROM job_datums WHERE {where} "
+                           "ORDER BY rowid", args)
         out = []
         for row in rows:
             rec = dict(zip(cols, row, strict=True))
@@ -263,15 +266,7 @@ class Ledger:
 
     def troubled_datums(self, job_id: str) -> list[dict[str, Any]]:
         """The job's FAILED and RECOVERED datums, as `job_datums` records, in job order."""
-        cols = ("datum_id", "hash", "inputs", "state", "attempts", "seconds", "error", "outputs")
-        rows = self._query(f"SELECT {', '.join(cols)} FROM job_datums WHERE job_id = ? "
-                           "AND state IN ('failed', 'recovered') ORDER BY rowid", (job_id,))
-        out = []
-        for row in rows:
-            rec = dict(zip(cols, row, strict=True))
-            rec["inputs"] = json.loads(rec["inputs"])
-            out.append(rec)
-        return out
+        return self._datum_records("job_id = ? AND state IN ('failed', 'recovered')", (job_id,))
 
     def datum_ids_in_job(self, job_id: str, prefix: str) -> list[str]:
         """The job's datum ids starting with `prefix` (a range of the primary key)."""
