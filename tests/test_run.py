@@ -229,7 +229,9 @@ def test_atomic_swap_under_concurrent_readers(tmp_path: Path, mnt: Path) -> None
     assert rep["violations"] == []
     assert rep["seen"] == [f"d{i:03d}" for i in range(n)]
     assert rep["stale_ok"] is True
-    assert rep["stats"]["listings"] > n  # the readers really raced the swaps
+    # The readers really raced the swaps (a sanity bound: on a loaded machine they once managed
+    # 298 listings over 300 datums).
+    assert rep["stats"]["listings"] > n // 3
     assert rep["stats"]["reads"] > 0
 
 
