@@ -237,17 +237,7 @@ _PARALLELISM_FIELDS = frozenset({"constant", "coefficient"})
 def load_spec(path: str | os.PathLike[str]) -> PipelineSpec:
     """Read and validate the pipeline spec file at `path` (YAML, or JSON for `.json` files)."""
     source = os.fspath(path)
-    try:
-        with open(source, "rb") as f:
-            data = f.read(MAX_BYTES + 1)
-    except OSError as exc:
-        raise SpecError(f"{source}: cannot read the pipeline spec: {exc.strerror}") from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise SpecError(
-            f"{source}: not UTF-8 text (byte {exc.start + 1} is invalid); save the spec as UTF-8"
-        ) from None
+    text = _read_spec_file(source)
     return parse_spec(text, source=os.path.basename(source) or source)
 
 
@@ -284,22 +274,27 @@ def load_specs(paths: Sequence[str | os.PathLike[str]]) -> list[SpecDocument]:
     return documents
 
 
-def _load_file_documents(path: str) -> list[SpecDocument]:
+def _read_spec_file(path: str) -> str:
+    """The spec file's UTF-8 text (read up to one byte past the size limit)."""
     try:
         with open(path, "rb") as f:
             data = f.read(MAX_BYTES + 1)
     except OSError as exc:
         raise SpecError(f"{path}: cannot read the pipeline spec: {exc.strerror}") from None
     try:
-        text = data.decode("utf-8")
+        return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise SpecError(
             f"{path}: not UTF-8 text (byte {exc.start + 1} is invalid); save the spec as UTF-8"
         ) from None
+
+
+def _load_file_documents(path: str) -> list[SpecDocument]:
+    text = _read_spec_file(path)
     name = os.path.basename(path) or path
     if name.endswith(".json") or text.lstrip().startswith("{") or not text.strip():
         # One document, exactly as `load_spec` reads it.
-        digest = hashlib.blake2b(data, digest_size=16).hexdigest()
+        digest = hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
         return [SpecDocument(parse_spec(text, source=name), path, digest)]
     if len(text) > MAX_BYTES:
         _load_document(text, name)  # raises the size error
