@@ -770,13 +770,26 @@ class PfsOperations(pyfuse3.Operations):
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         tree = self._writable(parent_inode)
         path = tree.child_path(parent_inode, name)
-        fd = os.open(path, _passthrough_flags(flags) | os.O_CREAT, stat.S_IMODE(mode))
+        if self.no_open:
+            # Read-write and without O_APPEND: this fd joins the ones kept by inode, which
+            # serve every READ and WRITE (the kernel has placed appends already).
+            flags = (flags & os.O_TRUNC) | os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW
+        else:
+            flags = _passthrough_flags(flags)
+        fd = os.open(path, flags | os.O_CREAT, stat.S_IMODE(mode))
         try:
             self._give_to_caller(path, ctx, fd=fd)
             attr = self._remember_out(tree, parent_inode, name)
         except BaseException:
             os.close(fd)
             raise
+        if self.no_open:
+            # No handle: on a no_open connection the kernel sends no RELEASE even for files
+            # made by CREATE (seen on 6.18), so a handle, and its fd, would outlive the datum
+            # — one per output file, and every swap scanned them all. READ/WRITE/FSYNC of
+            # this file then come with fh 0, like every other file's.
+            self._out_fds.put(attr.st_ino, (fd, True), tree)
+            return pyfuse3.FileInfo(fh=NO_HANDLE, keep_cache=False), attr
         fi = pyfuse3.FileInfo(fh=self._new_handle(Handle(fd=fd, out=tree, inode=attr.st_ino)),
                               keep_cache=False)
         return fi, attr
