@@ -218,7 +218,8 @@ async def test_views_shown_out_of_allocation_order_stay_reachable(tmp_path: Path
         assert env.st_ino in view
         await fs.release((await fs.open(env.st_ino, os.O_RDONLY, ctx)).fh)
         inp = await fs.lookup(root, b"in", ctx)
-        await fs.releasedir(await fs.opendir(inp.st_ino, ctx))
+        listing = await fs.opendir(inp.st_ino, ctx)
+        await fs.releasedir(listing.fh if isinstance(listing, pyfuse3.FileInfo) else listing)
 
 
 PORTS = """

@@ -1,12 +1,15 @@
 """The pyfuse3 Operations behind /pfs: the root, the current view, /pfs/out and /pfs/.env.
 
 Swapping datums is one assignment on the trio thread (`show`). Only the root's entries
-change meaning; they are answered with an entry timeout of zero, so the kernel asks again
-on every path walk and can never keep a name that points into an old datum. Everything
-below the root belongs to an immutable view with inode numbers of its own, so it is cached
-for long. A path resolution therefore meets exactly one datum: the root hands out one
-view's inode, and every further step stays inside that view, even if a swap happens in
-between. Views stay alive until the kernel forgets their inodes and closes their handles.
+change meaning. Where the kernel has name epochs (Linux ≥ 6.16, `epoch.py`) the swap bumps the
+epoch before NextDatum returns, which unknows every name learnt before it, so root names may be
+cached within a datum; elsewhere they are answered with an entry timeout of zero, so the kernel
+asks again on every path walk. Either way the kernel can never keep a name that points into an
+old datum. Everything below the root belongs to an immutable view with inode numbers of its
+own, so it is cached for long, listings included (`opendir`). A path resolution therefore
+meets exactly one datum: the root hands out one view's inode, and every further step stays
+inside that view, even if a swap happens in between. Views stay alive until the kernel
+forgets their inodes and closes their handles.
 
 With N workers one session serves N such roots, one per worker (`/<w>` below the mount's
 own root, which never changes): each is bind-mounted on /pfs in its worker's mount namespace
@@ -36,6 +39,7 @@ import pyfuse3
 import trio
 
 from pfsmount import _linux
+from pfsmount.epoch import Epoch
 from pfsmount.inodeio import OpenByInode
 from pfsmount.notify import KernelNotifier
 from pfsmount.outdir import OutTree
@@ -53,6 +57,8 @@ READ_ONLY = errno.EROFS
 STALE = errno.ESTALE  # an /pfs/out handle whose datum has already ended
 NO_HANDLE = 0  # the fh of READ/WRITE/FSYNC under no_open; our own handles start at 1
 NO_OPEN_ENV = "PFSMOUNT_NO_OPEN"  # "0": serve OPEN with handles even where no_open is possible
+# pfsmount's patched pyfuse3 ≥ 2 lets opendir ask the kernel to cache a listing.
+CACHED_LISTINGS = getattr(pyfuse3, "PFSMOUNT_PATCH", 0) >= 2
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
@@ -167,6 +173,7 @@ class PfsOperations(pyfuse3.Operations):
         self._uid = os.getuid()
         self._gid = os.getgid()
         self.notifier: KernelNotifier | None = None  # set once pyfuse3.init() has mounted us
+        self.epoch: Epoch | None = None  # likewise, where the kernel has name epochs
         for slot in self._workers:
             self._add_view(slot.view)
 
@@ -183,13 +190,23 @@ class PfsOperations(pyfuse3.Operations):
         slot.view, slot.out = view, out
         slot.mtime_ns = time.time_ns()
         old.retired = True
+        if self.epoch is not None:
+            # Before NextDatum returns: from here on no root name cached in an earlier datum
+            # is used again (see epoch.py for why a racing LOOKUP cannot survive it either).
+            try:
+                self.epoch.bump()
+            except OSError as exc:
+                # Only a dying connection refuses it; stop caching root names regardless.
+                log.error("could not bump the FUSE name epoch (%s); root names of /pfs are "
+                          "no longer cached", exc)
+                self.epoch = None
         self._reap_view(old)
         self._reap_outs()
         if self.notifier is not None:
-            # Not needed for correctness (root names are never cached), but a dentry the
-            # kernel still holds for an old name costs two LOOKUPs on the next walk (the stale
-            # one, then the real one). The root's attributes are cached and its mtime
-            # changes here; until the drop lands, a stat may show the old mtime, no more.
+            # Not needed for correctness (root names are cached only within an epoch, or not
+            # at all), but dropping the old names now lets the kernel forget the old view's
+            # inodes without waiting for the next walk. The root's attributes are cached and
+            # its mtime changes here; until the drop lands, a stat may show the old mtime.
             for name in stale:
                 self.notifier.drop_name(slot.inode, name)
             self.notifier.drop_attributes(slot.inode)
@@ -376,12 +393,19 @@ class PfsOperations(pyfuse3.Operations):
         if name == OUT and slot.out is not None:
             tree = slot.out
             tree.remember_root()
-            return self._out_root_attr(tree)
-        child = slot.view.top.get(name)
-        if child is None:
-            raise pyfuse3.FUSEError(errno.ENOENT)
-        slot.view.lookups += 1
-        return self._node_attr(child, slot.view.node(child), at_root=True)
+            attr = self._out_root_attr(tree)
+        else:
+            child = slot.view.top.get(name)
+            if child is None:
+                raise pyfuse3.FUSEError(errno.ENOENT)
+            slot.view.lookups += 1
+            attr = self._node_attr(child, slot.view.node(child), at_root=True)
+        if self.epoch is not None:
+            # Only a LOOKUP's answer: the kernel stamps it with the epoch read before the
+            # request was sent. Root entries of a READDIRPLUS keep timeout zero, since nothing
+            # promises that their stamp predates the swap.
+            attr.entry_timeout = VIEW_TIMEOUT
+        return attr
 
     def _lookup_worker(self, name: bytes) -> pyfuse3.EntryAttributes:
         """`/<w>` below the mount's root (N > 1): worker w's root."""
@@ -517,7 +541,7 @@ class PfsOperations(pyfuse3.Operations):
         return handle
 
     @guarded
-    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int | pyfuse3.FileInfo:
         slot = self._slots.get(inode)
         if slot is not None:
             # One snapshot per open: a listing never mixes two datums.
@@ -534,7 +558,10 @@ class PfsOperations(pyfuse3.Operations):
             node = view.node(inode)
             if node.children is None:
                 raise pyfuse3.FUSEError(errno.ENOTDIR)
-            return self._new_handle(Handle(view=view, listing=list(node.children.items())))
+            fh = self._new_handle(Handle(view=view, listing=list(node.children.items())))
+            # A view's directory never changes: the kernel may keep its listing and answer
+            # later walks without READDIR. (Never the roots, nor /pfs/out.)
+            return pyfuse3.FileInfo(fh=fh, keep_cache=True) if CACHED_LISTINGS else fh
         tree = self._out_of(inode)
         if tree is None:
             raise pyfuse3.FUSEError(errno.ENOENT)

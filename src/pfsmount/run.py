@@ -28,6 +28,7 @@ import trio
 from pfsmount import mountinfo
 from pfsmount.console import Console, plural
 from pfsmount.datums import datum_hash
+from pfsmount.epoch import Epoch
 from pfsmount.fs import PfsOperations, no_open_possible, nonblocking_fuse_read
 from pfsmount.fusewake import FuseReadWatchdog
 from pfsmount.joblog import JobLog
@@ -363,6 +364,9 @@ async def _locked_job(
     try:
         pyfuse3.init(fs, fuse_at, mount_options())
         fs.notifier = notifier = KernelNotifier()
+        fs.epoch = Epoch.probe()
+        log.debug("root names of /pfs %s", "cached per datum (FUSE name epochs)"
+                  if fs.epoch is not None else "uncached (no FUSE name epochs here)")
     except RuntimeError as exc:
         rundir.remove()
         _end_job(ledger, output, plan.job_id, "failed", f"cannot mount: {exc}")
