@@ -1,9 +1,9 @@
 """The process between pfsmount and user code: nothing the user code starts outlives it.
 
 pfsmount starts user code as `python -S reaper.py --lifeline FD [--pidns] [--tmp DIR]
-[--pfs SRC --at DST --hide DIR] -- CMD...`. This process leads the user code's process group
-and watches two things at once: its child (through a pidfd) and the read end FD of a pipe
-whose write end only pfsmount holds. The pipe reaches EOF when the pfsmount *process* is
+[--pfs SRC --at DST --hide DIR] [--alias DIR] -- CMD...`. This process leads the user code's
+process group and watches two things at once: its child (through a pidfd) and the read end FD
+of a pipe whose write end only pfsmount holds. The pipe reaches EOF when the pfsmount *process* is
 gone, however it died (even by SIGKILL, which it cannot catch), and then everything is killed
 at once: with /pfs gone, a program that lived on could write into the bare mountpoint
 directory. (The kernel's parent-death signal is no substitute: it fires when the *thread* that
@@ -18,6 +18,8 @@ a fresh /proc shows only the namespace's processes, and `--tmp DIR` is bind-moun
 With several workers, `--pfs SRC --at DST` bind-mounts this worker's root of the FUSE session
 (SRC, below the session's mountpoint) on DST (the /pfs path), and `--hide DIR` then detaches
 the session's own mountpoint inside the namespace, so the worker reaches no other worker's root.
+`--alias DIR` (pfsmount mounted elsewhere than /pfs) also binds DIR on /pfs inside the namespace,
+so programs that name /pfs find their datum there.
 Without `--pidns` the process group, plus orphans adopted as a child subreaper, is what can
 be reached.
 
@@ -43,6 +45,7 @@ MS_BIND, MS_REC, MS_SLAVE = 4096, 16384, 1 << 19
 MNT_DETACH = 2
 GRACE_SECONDS = float(os.environ.get("PFSMOUNT_REAPER_GRACE", "5"))
 USAGE = ("usage: reaper.py --lifeline FD [--pidns] [--tmp DIR] [--pfs SRC --at DST --hide DIR]"
+         " [--alias DIR]"
          " -- CMD [ARG...] | --probe\n")
 
 _lifeline = -1  # read end of pfsmount's pipe: EOF means pfsmount is gone
@@ -220,9 +223,14 @@ def _make_mounts(libc, tmp, pfs=None):
            "mounting a fresh /proc")
     if pfs:
         # Before /tmp: the session's mountpoint may lie below the real /tmp.
-        source, target, hide = (os.fsencode(p) for p in pfs)
-        _mount(libc, source, target, None, MS_BIND, f"bind-mounting {pfs[0]} on {pfs[1]}")
-        _check(libc.umount2(hide, MNT_DETACH), f"hiding {pfs[2]}")
+        source, target, hide, alias = pfs
+        if source:
+            _mount(libc, os.fsencode(source), os.fsencode(target), None, MS_BIND,
+                   f"bind-mounting {source} on {target}")
+            _check(libc.umount2(os.fsencode(hide), MNT_DETACH), f"hiding {hide}")
+        if alias:
+            _mount(libc, os.fsencode(alias), b"/pfs", None, MS_BIND,
+                   f"bind-mounting {alias} on /pfs")
     if tmp:
         _mount(libc, os.fsencode(tmp), b"/tmp", None, MS_BIND, f"bind-mounting {tmp} on /tmp")
 
@@ -263,15 +271,17 @@ def _parse(argv):
             lifeline = int(opts.pop(0))
         elif flag == "--tmp" and opts:
             tmp = opts.pop(0)
-        elif flag in ("--pfs", "--at", "--hide") and opts:
+        elif flag in ("--pfs", "--at", "--hide", "--alias") and opts:
             pfs[flag] = opts.pop(0)
         else:
             return None
     if lifeline is None or not cmd or ((tmp or pfs) and not pidns):
         return None
-    if pfs and len(pfs) != 3:
+    binds = [pfs.get(f) for f in ("--pfs", "--at", "--hide")]
+    if any(binds) and not all(binds):
         return None
-    return lifeline, pidns, tmp, (pfs["--pfs"], pfs["--at"], pfs["--hide"]) if pfs else None, cmd
+    mounts = (*binds, pfs.get("--alias")) if pfs else None
+    return lifeline, pidns, tmp, mounts, cmd
 
 
 def main(argv):

@@ -343,6 +343,7 @@ async def _locked_job(
     sandbox = await choose(rundir, shared_tmp=opts.shared_tmp, needed=[
         opts.mountpoint, opts.workdir or os.getcwd(), rundir.root, rundir.socket_path,
         *absolute_paths(spec.transform.cmd), *absolute_paths(spec.transform.err_cmd)])
+    sandbox = sandbox.with_pfs_alias(opts.mountpoint)
     started = time.monotonic()
     fs = PfsOperations(workers, no_open=no_open_possible())
     # One worker: /pfs itself, as always. Several: one session with a root per worker, each

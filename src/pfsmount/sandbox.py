@@ -125,6 +125,9 @@ class Sandbox:
     pfs: str | None = None
     mountpoint: str | None = None
     hide: str | None = None
+    # The job's mountpoint when it is not /pfs: also bound on /pfs inside the namespace, so
+    # user code written for Pachyderm (which names /pfs) finds its datum (`with_pfs_alias`).
+    alias: str | None = None
 
     def for_worker(self, rundir: RunDir, worker: int, mountpoint: str | None) -> Sandbox:
         """Worker `worker`'s sandbox: its own /tmp, and (`mountpoint` given: N > 1) its own
@@ -142,7 +145,30 @@ class Sandbox:
             args += ["--tmp", self.tmp]
         if self.pfs and self.mountpoint and self.hide:
             args += ["--pfs", self.pfs, "--at", self.mountpoint, "--hide", self.hide]
+        if self.alias:
+            args += ["--alias", self.alias]
         return args
+
+    def with_pfs_alias(self, mountpoint: str) -> Sandbox:
+        """This sandbox, with `mountpoint` also shown at /pfs to user code where it can be.
+
+        Only inside the mount namespace (nothing changes for other processes), and only
+        over an existing /pfs directory: pfsmount does not create directories at the root of
+        the machine. Otherwise user code that names /pfs will not find the datum; logged.
+        """
+        mountpoint = os.path.abspath(mountpoint)
+        if mountpoint == "/pfs":
+            return self
+        if not self.pidns:
+            log.warning("user code sees the datum only at %s (no mount namespace here to show "
+                        "it at /pfs too): programs that name /pfs will not find it", mountpoint)
+            return self
+        if not os.path.isdir("/pfs") or os.path.islink("/pfs"):
+            log.warning("user code sees the datum only at %s: there is no /pfs directory to "
+                        "show it on too, so programs that name /pfs will not find it "
+                        "(`mkdir /pfs` lets them)", mountpoint)
+            return self
+        return replace(self, alias=mountpoint)
 
 
 NO_SANDBOX = Sandbox()  # the process-group reaper alone
