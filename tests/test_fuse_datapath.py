@@ -79,6 +79,9 @@ USER_CODE = """
                 back = os.pread(uncached(b.fileno()), 2 * len(whole), 0)
             with open(out + "/back", "wb") as b:
                 b.write(back)
+            for _ in range(2):  # O_APPEND (a handle's fd keeps it): placed at the end
+                with open(out + "/appended", "ab", buffering=0) as a:
+                    a.write(whole)
         else:
             # d1's file, still open: its inode reads d1's bytes after the swap.
             old = os.pread(uncached(held), SIZE + 1, 0)
@@ -168,6 +171,7 @@ def test_bytes_through_pfs_are_the_files(tmp_path: Path, mnt: Path, no_open: str
     written += bytes(100) + b"tail"
     assert (out / "big").read_bytes() == written
     assert (out / "back").read_bytes() == written  # read back through /pfs/out
+    assert (out / "appended").read_bytes() == d1 + d1
     assert (out / "old").read_bytes() == d1  # the swap did not change an open file
     assert (out / "new").read_bytes() == d2
     assert not (out / "go").exists() and not (out / "ready").exists()

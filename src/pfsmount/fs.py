@@ -202,9 +202,8 @@ class PfsOperations(pyfuse3.Operations):
         # Read by the patched pyfuse3 at INIT (splice capabilities); `read` then returns a
         # ReadFd for bytes in a local file, and `write_fd` names WRITEs' staging fds.
         self.enable_splice = splice
-        self.max_write = int(os.environ.get("PFSMOUNT_MAX_WRITE", "-1"))
-        if self.max_write < 0:
-            self.max_write = splice_max_write() if splice else 0
+        # Also read at INIT: requests and replies small enough for one splice pipe.
+        self.max_write = splice_max_write() if splice else 0
         # Read by the patched pyfuse3 at INIT: under no_open an O_TRUNC open must reach us as
         # SETATTR (the kernel sends no OPEN to carry it), or an output would keep its old bytes.
         self.enable_atomic_o_trunc = not no_open
