@@ -111,6 +111,15 @@ def _trace(pid: int, log: Path) -> subprocess.Popen[str]:
     return proc
 
 
+def _evict(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
 def _big_syscalls(log: Path) -> dict[str, int]:
     """How many splice/pread64/pwrite64 calls moved at least 64 KiB."""
     counts = {"splice": 0, "pread64": 0, "pwrite64": 0}
@@ -148,6 +157,7 @@ def test_bytes_through_pfs_are_the_files(tmp_path: Path, mnt: Path, no_open: str
             os.killpg(proc.pid, signal.SIGKILL)
             raise AssertionError(f"the first datum never started: {finish(proc, mnt)}")
         tracer = _trace(proc.pid, tmp_path / "strace.log")
+        _evict(data / "in" / "d1" / "f")  # its first reads are spliced from the disk
         Path(ready[0]).with_name("go").touch()
         result = finish(proc, mnt)
     finally:
