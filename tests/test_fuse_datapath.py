@@ -22,7 +22,8 @@ from pathlib import Path
 import pyfuse3
 import pytest
 
-from pfsmount.fs import splice_possible
+from pfsmount import fs
+from pfsmount.fs import splice_max_write, splice_possible
 from support import (
     batching_spec,
     finish,
@@ -202,3 +203,16 @@ def test_splice_follows_the_build_and_the_switch(monkeypatch: pytest.MonkeyPatch
     monkeypatch.delenv("PFSMOUNT_SPLICE")
     monkeypatch.setattr(pyfuse3, "PFSMOUNT_PATCH", 2)
     assert not splice_possible()  # a build without ReadFd/write_fd
+
+
+@pytest.mark.parametrize(("pipe_max", "privileged", "expected"), [
+    (1 << 20, False, 512 * 1024),  # the default: a 1 MiB reply plus header never fits
+    (4 << 20, False, 1 << 20),
+    (1 << 20, True, 0),  # the pipe grows past 1 MiB: libfuse's own size splices
+    (64 * 1024, False, 0),  # 32 KiB requests would cost more than splice saves
+])
+def test_request_size_fits_the_splice_pipe(monkeypatch: pytest.MonkeyPatch, pipe_max: int,
+                                           privileged: bool, expected: int) -> None:
+    monkeypatch.setattr(fs, "_pipe_max_size", lambda: pipe_max)
+    monkeypatch.setattr(fs, "_has_cap_sys_resource", lambda: privileged)
+    assert splice_max_write() == expected

@@ -64,6 +64,7 @@ STALE = errno.ESTALE  # an /pfs/out handle whose datum has already ended
 NO_HANDLE = 0  # the fh of READ/WRITE/FSYNC under no_open; our own handles start at 1
 NO_OPEN_ENV = "PFSMOUNT_NO_OPEN"  # "0": serve OPEN with handles even where no_open is possible
 SPLICE_ENV = "PFSMOUNT_SPLICE"  # "0": READ/WRITE bytes through Python even where splice works
+SPLICE_MIN_WRITE = 128 * 1024  # below this, more round trips would cost what splice saves
 # pfsmount's patched pyfuse3 ≥ 2 lets opendir ask the kernel to cache a listing.
 CACHED_LISTINGS = getattr(pyfuse3, "PFSMOUNT_PATCH", 0) >= 2
 
@@ -88,20 +89,24 @@ def splice_max_write() -> int:
 
     libfuse splices a message only if all of it fits its pipe, which an unprivileged (no
     CAP_SYS_RESOURCE) process can grow to `fs.pipe-max-size` (1 MiB by default): a 1 MiB READ
-    reply plus its header never fits, and every one was copied through memory instead. 0 where
-    the pipe can grow past 1 MiB (libfuse's own 1 MiB then splices)."""
+    reply plus its header never fits, and every one was copied through memory instead. 0 (keep
+    libfuse's 1 MiB) where the pipe can grow past 1 MiB, or where it is so small that smaller
+    requests would cost more than the copies they save."""
     if _has_cap_sys_resource():
         return 0
+    room = _pipe_max_size() - 16 * 1024  # the header and libfuse's per-buffer slack
+    size = 1 << 20
+    while size > room:
+        size //= 2
+    return size if size >= SPLICE_MIN_WRITE else 0
+
+
+def _pipe_max_size() -> int:
     try:
         with open("/proc/sys/fs/pipe-max-size") as f:
-            pipe_max = int(f.read())
+            return int(f.read())
     except (OSError, ValueError):
-        pipe_max = 1 << 20
-    room = pipe_max - 16 * 1024  # the header and libfuse's per-buffer slack
-    size = 1 << 20
-    while size > room and size > 4096:
-        size //= 2
-    return size
+        return 1 << 20  # the kernel's default
 
 
 def _has_cap_sys_resource() -> bool:
@@ -792,7 +797,7 @@ class PfsOperations(pyfuse3.Operations):
         """The answer to a READ of a local file: pyfuse3 sends its bytes from `fd` before it
         handles another request, so `fd` cannot be closed in between (all closing happens on
         this thread)."""
-        if known_size < 0:  # an /pfs/out file: its size is what is on disk now
+        if known_size < 0:  # not listed (an /pfs/out file, or a handle's): what is on disk now
             known_size = os.fstat(fd).st_size
         self.stats.bytes_read += max(0, min(size, known_size - off))
         return pyfuse3.ReadFd(fd, off)
