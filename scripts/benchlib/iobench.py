@@ -23,7 +23,7 @@ from benchlib.procs import (
     run_pfsmount,
 )
 
-TRANSPORTS = {"open": "0", "no_open": "1"}
+TRANSPORTS = {"open": {"PFSMOUNT_NO_OPEN": "0"}, "no_open": {"PFSMOUNT_NO_OPEN": "1"}}
 
 
 def io(ctx: Context) -> dict[str, Any]:
@@ -51,8 +51,7 @@ def io(ctx: Context) -> dict[str, Any]:
 
 
 def _one_transport(ctx: Context, transport: str, source: str, i: int) -> dict[str, Any]:
-    env = {"PFSMOUNT_NO_OPEN": TRANSPORTS[transport],
-           "BENCH_WRITE_BYTES": str(ctx.sizes.big_bytes)}
+    env = {**TRANSPORTS[transport], "BENCH_WRITE_BYTES": str(ctx.sizes.big_bytes)}
     result: dict[str, Any] = {}
     result.update(_job(ctx, f"io-read-{transport}-{i}", "bench-read", "big", "/*", "reads",
                        {**env, "BENCH_SOURCE": source}))

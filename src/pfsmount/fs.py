@@ -20,6 +20,11 @@ answered ENOSYS: the kernel then opens every file of the connection itself, send
 OPEN, FLUSH or RELEASE, keeps each file's page cache across opens, and sends READ, WRITE and
 FSYNC with fh 0 and the inode. Those are served from files kept open by inode (`inodeio`).
 Files made by CREATE still get a handle (the kernel sends CREATE and RELEASE regardless).
+
+With `splice` (patched pyfuse3 ≥ 3) bytes that are in a local file never become Python
+objects: a READ is answered with the file and offset (`pyfuse3.ReadFd`) and libfuse splices
+them from its page cache to /dev/fuse; a WRITE names its staging fd (`write_fd`) and libfuse
+moves the payload there from the pipe it received the request in.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ from pfsmount.inodeio import OpenByInode
 from pfsmount.notify import KernelNotifier
 from pfsmount.outdir import OutTree
 from pfsmount.store.base import Reader
+from pfsmount.store.local import LocalReader
 from pfsmount.view import DIR_MODE, InodeAllocator, Node, View, empty_view
 
 log = logging.getLogger(__name__)
@@ -57,6 +63,8 @@ READ_ONLY = errno.EROFS
 STALE = errno.ESTALE  # an /pfs/out handle whose datum has already ended
 NO_HANDLE = 0  # the fh of READ/WRITE/FSYNC under no_open; our own handles start at 1
 NO_OPEN_ENV = "PFSMOUNT_NO_OPEN"  # "0": serve OPEN with handles even where no_open is possible
+SPLICE_ENV = "PFSMOUNT_SPLICE"  # "0": READ/WRITE bytes through Python even where splice works
+SPLICE_MIN_WRITE = 128 * 1024  # below this, more round trips would cost what splice saves
 # pfsmount's patched pyfuse3 ≥ 2 lets opendir ask the kernel to cache a listing.
 CACHED_LISTINGS = getattr(pyfuse3, "PFSMOUNT_PATCH", 0) >= 2
 
@@ -68,6 +76,48 @@ def no_open_possible() -> bool:
     mount can answer OPEN with ENOSYS; `PFSMOUNT_NO_OPEN=0` turns it off (tests run the
     suite both ways)."""
     return bool(getattr(pyfuse3, "PFSMOUNT_PATCH", 0)) and os.environ.get(NO_OPEN_ENV) != "0"
+
+
+def splice_possible() -> bool:
+    """Whether this pyfuse3 answers READs from an fd and hands WRITEs to one (pfsmount's patch
+    ≥ 3), so local bytes skip Python; `PFSMOUNT_SPLICE=0` turns it off (tests run both)."""
+    return getattr(pyfuse3, "PFSMOUNT_PATCH", 0) >= 3 and os.environ.get(SPLICE_ENV) != "0"
+
+
+def splice_max_write() -> int:
+    """The largest READ/WRITE (a power of two, ≤ 1 MiB) whose request or reply fits one pipe.
+
+    libfuse splices a message only if all of it fits its pipe, which an unprivileged (no
+    CAP_SYS_RESOURCE) process can grow to `fs.pipe-max-size` (1 MiB by default): a 1 MiB READ
+    reply plus its header never fits, and every one was copied through memory instead. 0 (keep
+    libfuse's 1 MiB) where the pipe can grow past 1 MiB, or where it is so small that smaller
+    requests would cost more than the copies they save."""
+    if _has_cap_sys_resource():
+        return 0
+    room = _pipe_max_size() - 16 * 1024  # the header and libfuse's per-buffer slack
+    size = 1 << 20
+    while size > room:
+        size //= 2
+    return size if size >= SPLICE_MIN_WRITE else 0
+
+
+def _pipe_max_size() -> int:
+    try:
+        with open("/proc/sys/fs/pipe-max-size") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return 1 << 20  # the kernel's default
+
+
+def _has_cap_sys_resource() -> bool:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("CapEff:"):
+                    return bool(int(line.split()[1], 16) >> 24 & 1)  # CAP_SYS_RESOURCE
+    except (OSError, ValueError):
+        pass
+    return False
 
 
 def nonblocking_fuse_read() -> bool:
@@ -151,9 +201,14 @@ class PfsOperations(pyfuse3.Operations):
 
     enable_writeback_cache = False
 
-    def __init__(self, workers: int = 1, no_open: bool = False) -> None:
+    def __init__(self, workers: int = 1, no_open: bool = False, splice: bool = False) -> None:
         super().__init__()
         self.no_open = no_open
+        # Read by the patched pyfuse3 at INIT (splice capabilities); `read` then returns a
+        # ReadFd for bytes in a local file, and `write_fd` names WRITEs' staging fds.
+        self.enable_splice = splice
+        # Also read at INIT: requests and replies small enough for one splice pipe.
+        self.max_write = splice_max_write() if splice else 0
         # Read by the patched pyfuse3 at INIT: under no_open an O_TRUNC open must reach us as
         # SETATTR (the kernel sends no OPEN to carry it), or an output would keep its old bytes.
         self.enable_atomic_o_trunc = not no_open
@@ -680,13 +735,17 @@ class PfsOperations(pyfuse3.Operations):
             self.stats.bytes_read += len(data)
 
     @guarded
-    async def read(self, fh: int, off: int, size: int, inode: int = 0) -> bytes:
+    async def read(self, fh: int, off: int, size: int, inode: int = 0) -> bytes | pyfuse3.ReadFd:
         if fh == NO_HANDLE:
             return await self._read_inode(inode, off, size)
         handle = self._handles[fh]
         if handle.data is not None:
             return handle.data[off:off + size]
         reader = handle.reader
+        if self.enable_splice:
+            fd = handle.fd if reader is None else _local_fd(reader)
+            if fd >= 0:
+                return self._read_fd(fd, off, size)
         if reader is None:  # a file of /pfs/out
             data = os.pread(handle.fd, size, off)
         elif reader.inline:
@@ -697,11 +756,13 @@ class PfsOperations(pyfuse3.Operations):
         self.stats.bytes_read += len(data)
         return data
 
-    async def _read_inode(self, inode: int, off: int, size: int) -> bytes:
+    async def _read_inode(self, inode: int, off: int, size: int) -> bytes | pyfuse3.ReadFd:
         """READ under no_open: by inode, from a reader kept open across reads."""
         view = self._view_of(inode)
         if view is None:
             fd = self._out_fd(inode, write=False)
+            if self.enable_splice:
+                return self._read_fd(fd, off, size)
             data = os.pread(fd, size, off)
             self.stats.bytes_read += len(data)
             return data
@@ -718,6 +779,10 @@ class PfsOperations(pyfuse3.Operations):
             self.stats.content_opens += 1
             self.stats.files_opened.add(repo.source(entry.path))
             self._readers.put(inode, reader, view)
+        if self.enable_splice:
+            fd = _local_fd(reader)
+            if fd >= 0:
+                return self._read_fd(fd, off, size, node.size)
         if reader.inline:
             data = reader.read(off, size)
         else:
@@ -727,6 +792,15 @@ class PfsOperations(pyfuse3.Operations):
                 data = await trio.to_thread.run_sync(remote.read, off, size)
         self.stats.bytes_read += len(data)
         return data
+
+    def _read_fd(self, fd: int, off: int, size: int, known_size: int = -1) -> pyfuse3.ReadFd:
+        """The answer to a READ of a local file: pyfuse3 sends its bytes from `fd` before it
+        handles another request, so `fd` cannot be closed in between (all closing happens on
+        this thread)."""
+        if known_size < 0:  # not listed (an /pfs/out file, or a handle's): what is on disk now
+            known_size = os.fstat(fd).st_size
+        self.stats.bytes_read += max(0, min(size, known_size - off))
+        return pyfuse3.ReadFd(fd, off)
 
     def _out_fd(self, inode: int, write: bool) -> int:
         """A staging fd of an /pfs/out file (no_open), opened once per inode."""
@@ -749,16 +823,33 @@ class PfsOperations(pyfuse3.Operations):
 
     @guarded
     async def write(self, fh: int, off: int, buf: bytes, inode: int = 0) -> int:
+        return os.pwrite(self._write_target(fh, inode), buf, off)
+
+    def write_fd(self, fh: int, inode: int) -> int:
+        """The staging fd a WRITE's bytes go to (patched pyfuse3 with `enable_splice`, which
+        calls this synchronously and copies the payload itself). Raises only FUSEError."""
+        try:
+            return self._write_target(fh, inode)
+        except pyfuse3.FUSEError:
+            raise
+        except OSError as exc:
+            raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
+        except Exception:
+            log.exception("internal error in FUSE handler write_fd")
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    def _write_target(self, fh: int, inode: int) -> int:
+        """The fd a WRITE of (fh, inode) goes to, or the FUSEError that answers it."""
         if fh == NO_HANDLE:
             if self._view_of(inode) is not None:
                 raise pyfuse3.FUSEError(READ_ONLY)
-            return os.pwrite(self._out_fd(inode, write=True), buf, off)
+            return self._out_fd(inode, write=True)
         handle = self._handles[fh]
         if handle.out is None:
             raise pyfuse3.FUSEError(errno.EBADF)
         if handle.out.closed:
             raise pyfuse3.FUSEError(STALE)
-        return os.pwrite(handle.fd, buf, off)
+        return handle.fd
 
     async def flush(self, fh: int) -> None:
         # Nothing is buffered here, so there is nothing to flush. ENOSYS, answered once, makes
@@ -947,6 +1038,11 @@ def _close_reader(reader: Reader) -> None:
         reader.close()
     except OSError as exc:
         log.debug("closing a reader: %s", exc)
+
+
+def _local_fd(reader: Reader) -> int:
+    """The open file behind a local reader, -1 for any other (its bytes may be remote)."""
+    return reader.fd if isinstance(reader, LocalReader) else -1
 
 
 def _close_out_fd(fd_writable: tuple[int, bool]) -> None:

@@ -29,7 +29,7 @@ from pfsmount import mountinfo
 from pfsmount.console import Console, plural
 from pfsmount.datums import datum_hash
 from pfsmount.epoch import Epoch
-from pfsmount.fs import PfsOperations, no_open_possible, nonblocking_fuse_read
+from pfsmount.fs import PfsOperations, no_open_possible, nonblocking_fuse_read, splice_possible
 from pfsmount.fusewake import FuseReadWatchdog
 from pfsmount.joblog import JobLog
 from pfsmount.ledger import Ledger, LedgerError
@@ -345,7 +345,7 @@ async def _locked_job(
         *absolute_paths(spec.transform.cmd), *absolute_paths(spec.transform.err_cmd)])
     sandbox = sandbox.with_pfs_alias(opts.mountpoint)
     started = time.monotonic()
-    fs = PfsOperations(workers, no_open=no_open_possible())
+    fs = PfsOperations(workers, no_open=no_open_possible(), splice=splice_possible())
     # One worker: /pfs itself, as always. Several: one session with a root per worker, each
     # bound on /pfs in its worker's mount namespace (the session's own mountpoint is hidden).
     fuse_at = opts.mountpoint if workers == 1 else rundir.fuse_dir
