@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import os
 import signal
@@ -9,6 +10,7 @@ import struct
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -177,3 +179,20 @@ def proc_survivors(marker: str) -> list[int]:
         if any(needle in blob for blob in blobs):
             found.append(int(entry))
     return found
+
+
+def wait_for_staged(proc: subprocess.Popen[str], data: Path, mountpoint: str | Path,
+                    pipeline: str, name: str, timeout: float = 60) -> str:
+    """The path of output file `name` once a running datum of `pipeline` has written it into
+    its staging directory (user code's way of saying "look now"); kills pfsmount's process
+    group and fails if it never comes."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        # glob.glob, not Path.glob: staging directories come and go while it looks.
+        found = glob.glob(str(data / ".pfsmount" / pipeline / "staging" / "*" / "*" / name))
+        if found:
+            return found[0]
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    raise AssertionError(f"no datum of {pipeline} wrote {name}: {finish(proc, mountpoint)}")
+

@@ -10,13 +10,11 @@ served the bytes.
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import re
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pyfuse3
@@ -29,6 +27,7 @@ from support import (
     finish,
     needs_fuse,
     start_pfsmount,
+    wait_for_staged,
     write_script,
     write_spec,
     write_tree,
@@ -149,17 +148,10 @@ def test_bytes_through_pfs_are_the_files(tmp_path: Path, mnt: Path, no_open: str
                           env={"PFSMOUNT_NO_OPEN": no_open, "PFSMOUNT_SPLICE": splice})
     tracer = None
     try:
-        deadline = time.monotonic() + 60
-        ready: list[str] = []
-        while not ready and time.monotonic() < deadline and proc.poll() is None:
-            ready = glob.glob(str(data / ".pfsmount/io/staging/*/*/ready"))
-            time.sleep(0.05)
-        if not ready:
-            os.killpg(proc.pid, signal.SIGKILL)
-            raise AssertionError(f"the first datum never started: {finish(proc, mnt)}")
+        ready = wait_for_staged(proc, data, mnt, "io", "ready")
         tracer = _trace(proc.pid, tmp_path / "strace.log")
         _evict(data / "in" / "d1" / "f")  # its first reads are spliced from the disk
-        Path(ready[0]).with_name("go").touch()
+        Path(ready).with_name("go").touch()
         result = finish(proc, mnt)
     finally:
         if proc.poll() is None:

@@ -7,10 +7,7 @@ transports (`PFSMOUNT_NO_OPEN` 0 and 1), so the handle path and the inode path m
 from __future__ import annotations
 
 import errno
-import glob
 import os
-import signal
-import time
 from pathlib import Path
 
 import pyfuse3
@@ -28,6 +25,7 @@ from support import (
     needs_fuse,
     run_pfsmount,
     start_pfsmount,
+    wait_for_staged,
     write_script,
     write_spec,
     write_tree,
@@ -241,16 +239,8 @@ def test_output_files_hold_no_descriptor_after_their_datum(
     spec = write_spec(tmp_path / "p.yaml", batching_spec(
         "leak", {"pfs": {"repo": "in", "glob": "/*"}}, ["python3", str(script)]))
     proc = start_pfsmount(spec, data, mnt, env={"PFSMOUNT_NO_OPEN": no_open})
+    counted = wait_for_staged(proc, data, mnt, "leak", "counted")
     try:
-        deadline = time.monotonic() + 60
-        found: list[str] = []
-        while not found and time.monotonic() < deadline and proc.poll() is None:
-            # glob.glob, not Path.glob: staging directories come and go while it looks.
-            found = glob.glob(str(data / ".pfsmount/leak/staging/*/*/counted"))
-            time.sleep(0.05)
-        if not found:
-            os.killpg(proc.pid, signal.SIGKILL)
-        assert found, "the last datum never started"
         staged = 0
         for fd in os.listdir(f"/proc/{proc.pid}/fd"):
             try:
@@ -260,7 +250,7 @@ def test_output_files_hold_no_descriptor_after_their_datum(
             # Inputs are not counted: old views' readers are bounded by OpenByInode's capacity.
             output = target.startswith(str(data)) and not target.startswith(str(data / "in"))
             staged += output and os.path.basename(target).startswith("f")
-        os.unlink(found[0])  # lets the last datum end, whatever the count
+        os.unlink(counted)  # lets the last datum end, whatever the count
         assert staged <= 2, f"{staged} output files of ended datums still open in pfsmount"
     finally:
         result = finish(proc, mnt)
