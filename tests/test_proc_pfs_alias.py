@@ -35,6 +35,7 @@ def test_the_alias_is_asked_for_only_where_it_can_be_given(
     ns = Sandbox(pidns=True)
     assert ns.with_pfs_alias("/pfs") == ns
     assert ns.with_pfs_alias("/pfs/") == ns
+    assert ns.with_pfs_alias("/pfs/job2") == ns  # its datum's paths name /pfs/job2/...
     if os.path.isdir("/pfs") and not os.path.islink("/pfs"):
         aliased = ns.with_pfs_alias(str(tmp_path / "m"))
         assert aliased.reaper_args() == ["--pidns", "--alias", str(tmp_path / "m")]

@@ -157,7 +157,8 @@ class Sandbox:
         the machine. Otherwise user code that names /pfs will not find the datum; logged.
         """
         mountpoint = os.path.abspath(mountpoint)
-        if mountpoint == "/pfs":
+        if mountpoint == "/pfs" or mountpoint.startswith("/pfs/"):
+            # Below /pfs, a bind on /pfs would hide the mountpoint the datum's paths name.
             return self
         if not self.pidns:
             log.warning("user code sees the datum only at %s (no mount namespace here to show "
