@@ -25,6 +25,11 @@ With `splice` (patched pyfuse3 ≥ 3) bytes that are in a local file never becom
 objects: a READ is answered with the file and offset (`pyfuse3.ReadFd`) and libfuse splices
 them from its page cache to /dev/fuse; a WRITE names its staging fd (`write_fd`) and libfuse
 moves the payload there from the pipe it received the request in.
+
+With `fast_path` (patched pyfuse3 ≥ 4, `fastpath.py`) a C thread receives the requests and
+answers the ones whose answers are registered ahead: GETATTR of view inodes (`_node_attr`
+registers each as it is handed out, `_reap_view` drops them), READ/WRITE without a handle of
+inodes whose fds `inodeio` keeps. Everything else still reaches the handlers below.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ import trio
 
 from pfsmount import _linux
 from pfsmount.epoch import Epoch
+from pfsmount.fastpath import FastPath
 from pfsmount.inodeio import OpenByInode
 from pfsmount.notify import KernelNotifier
 from pfsmount.outdir import OutTree
@@ -201,9 +207,15 @@ class PfsOperations(pyfuse3.Operations):
 
     enable_writeback_cache = False
 
-    def __init__(self, workers: int = 1, no_open: bool = False, splice: bool = False) -> None:
+    def __init__(
+        self, workers: int = 1, no_open: bool = False, splice: bool = False,
+        fast_path: bool = False,
+    ) -> None:
         super().__init__()
         self.no_open = no_open
+        # Read by the patched pyfuse3's `main`: start the receive thread (`fastpath.py`).
+        self.enable_fast_path = fast_path
+        self.fast = FastPath() if fast_path else None
         # Read by the patched pyfuse3 at INIT (splice capabilities); `read` then returns a
         # ReadFd for bytes in a local file, and `write_fd` names WRITEs' staging fds.
         self.enable_splice = splice
@@ -213,8 +225,10 @@ class PfsOperations(pyfuse3.Operations):
         # SETATTR (the kernel sends no OPEN to carry it), or an output would keep its old bytes.
         self.enable_atomic_o_trunc = not no_open
         # no_open: what READ/WRITE/FSYNC with fh 0 need open, by inode (see module doc).
-        self._readers: OpenByInode[Reader] = OpenByInode(_close_reader)
-        self._out_fds: OpenByInode[tuple[int, bool]] = OpenByInode(_close_out_fd)
+        withdraw = self.fast.withdraw if self.fast is not None else None
+        self._readers: OpenByInode[Reader] = OpenByInode(_close_reader, withdraw=withdraw)
+        self._out_fds: OpenByInode[tuple[int, bool]] = OpenByInode(_close_out_fd,
+                                                                  withdraw=withdraw)
         self.inodes = InodeAllocator()
         self.stats = Stats()
         self._live = _Live()
@@ -266,6 +280,21 @@ class PfsOperations(pyfuse3.Operations):
                 self.notifier.drop_name(slot.inode, name)
             self.notifier.drop_attributes(slot.inode)
 
+    def seal(self, tree: OutTree) -> None:
+        """`tree`'s datum ends (committed or dropped): from now on a write to it is STALE.
+
+        Its kept fds go at once, not at the next swap: WRITEs the C thread answers with them
+        would otherwise still land in files being committed."""
+        tree.closed = True
+        if len(self._out_fds):
+            self._out_fds.drop_owned_by(tree)
+
+    @property
+    def input_bytes(self) -> int:
+        """Bytes the user code read from /pfs (and from /pfs/out), whoever answered."""
+        extra = self.fast.stats()["bytes_read"] if self.fast is not None else 0
+        return self.stats.bytes_read + extra
+
     @property
     def workers(self) -> int:
         return len(self._workers)
@@ -294,6 +323,8 @@ class PfsOperations(pyfuse3.Operations):
             del self._live.bases[i]
         if len(self._readers):
             self._readers.drop_owned_by(view)
+        if self.fast is not None:
+            self.fast.drop(view.base, view.end)
 
     def _reap_outs(self) -> None:
         if len(self._out_fds):
@@ -383,6 +414,10 @@ class PfsOperations(pyfuse3.Operations):
         a.attr_timeout = VIEW_TIMEOUT
         # A root entry's name moves to another datum at the next swap.
         a.entry_timeout = 0 if at_root else VIEW_TIMEOUT
+        if self.fast is not None:
+            # Handed to the kernel now, so it may GETATTR the inode from now on: a view's
+            # inode never changes, the C thread may answer for us.
+            self.fast.attr(inode, a)
         return a
 
     def _stat_attr(
@@ -779,6 +814,8 @@ class PfsOperations(pyfuse3.Operations):
             self.stats.content_opens += 1
             self.stats.files_opened.add(repo.source(entry.path))
             self._readers.put(inode, reader, view)
+            if self.fast is not None and _local_fd(reader) >= 0:
+                self.fast.fds(inode, _local_fd(reader), -1)
         if self.enable_splice:
             fd = _local_fd(reader)
             if fd >= 0:
@@ -819,6 +856,8 @@ class PfsOperations(pyfuse3.Operations):
                 raise
             fd, writable = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW), False
         self._out_fds.put(inode, (fd, writable), tree)
+        if self.fast is not None:
+            self.fast.fds(inode, fd, fd if writable else -1)
         return fd
 
     @guarded
@@ -907,6 +946,8 @@ class PfsOperations(pyfuse3.Operations):
             # — one per output file, and every swap scanned them all. READ/WRITE/FSYNC of
             # this file then come with fh 0, like every other file's.
             self._out_fds.put(attr.st_ino, (fd, True), tree)
+            if self.fast is not None:
+                self.fast.fds(attr.st_ino, fd, fd)
             return pyfuse3.FileInfo(fh=NO_HANDLE, keep_cache=False), attr
         fi = pyfuse3.FileInfo(fh=self._new_handle(Handle(fd=fd, out=tree, inode=attr.st_ino)),
                               keep_cache=False)

@@ -33,8 +33,14 @@ class _Entry(Generic[T]):
 class OpenByInode(Generic[T]):
     """An LRU of open things keyed by inode; `close` is called exactly once per value."""
 
-    def __init__(self, close: Callable[[T], None], capacity: int = CAPACITY) -> None:
+    def __init__(
+        self, close: Callable[[T], None], capacity: int = CAPACITY,
+        withdraw: Callable[[int], None] | None = None,
+    ) -> None:
         self._close = close
+        # Called with the inode as its value is dropped, before anything closes it: whoever
+        # else uses the value (the FUSE receive thread) lets go of it there.
+        self._withdraw = withdraw
         self._capacity = capacity
         self._entries: OrderedDict[int, _Entry[T]] = OrderedDict()
 
@@ -73,6 +79,8 @@ class OpenByInode(Generic[T]):
         entry = self._entries.pop(inode, None)
         if entry is None:
             return
+        if self._withdraw is not None:
+            self._withdraw(inode)
         if entry.busy:
             entry.doomed = True
         else:

@@ -29,6 +29,7 @@ from pfsmount import mountinfo
 from pfsmount.console import Console, plural
 from pfsmount.datums import datum_hash
 from pfsmount.epoch import Epoch
+from pfsmount.fastpath import fast_path_possible
 from pfsmount.fs import PfsOperations, no_open_possible, nonblocking_fuse_read, splice_possible
 from pfsmount.fusewake import FuseReadWatchdog
 from pfsmount.joblog import JobLog
@@ -345,7 +346,8 @@ async def _locked_job(
         *absolute_paths(spec.transform.cmd), *absolute_paths(spec.transform.err_cmd)])
     sandbox = sandbox.with_pfs_alias(opts.mountpoint)
     started = time.monotonic()
-    fs = PfsOperations(workers, no_open=no_open_possible(), splice=splice_possible())
+    fs = PfsOperations(workers, no_open=no_open_possible(), splice=splice_possible(),
+                       fast_path=fast_path_possible())
     # One worker: /pfs itself, as always. Several: one session with a root per worker, each
     # bound on /pfs in its worker's mount namespace (the session's own mountpoint is hidden).
     fuse_at = opts.mountpoint if workers == 1 else rundir.fuse_dir
@@ -429,7 +431,7 @@ async def _locked_job(
         job_id=plan.job_id, records=list(loop.queue.troubled),
         seconds=time.monotonic() - started,
         output_dir=output.repo_dir, outcome=outcome, problems=problems,
-        input_bytes=fs.stats.bytes_read, input_files=len(fs.stats.files_opened),
+        input_bytes=fs.input_bytes, input_files=len(fs.stats.files_opened),
         restarts=restarts, skipped=plan.skipped + plan.earlier_skipped, earlier=plan.earlier,
         stopped_by=stopped_by, workers=[(w.attempts, w.busy_seconds) for w in loop.workers],
         counts={s: loop.queue.count(s) for s in DatumState}, earlier_counts=plan.earlier_counts,

@@ -499,7 +499,7 @@ class Worker:
             cur = self._current
             if cur is not None:
                 self._current = None
-                cur.out.closed = True
+                self._job.fs.seal(cur.out)
                 self.busy_seconds += time.monotonic() - cur.record.started
                 self._job.queue.set_state(cur.record, DatumState.PENDING)
                 cur.record.error = reason
@@ -556,7 +556,7 @@ class Worker:
         cur = self._current
         assert cur is not None
         job = self._job
-        cur.out.closed = True
+        job.fs.seal(cur.out)
         record = cur.record
         elapsed = time.monotonic() - record.started
         record.seconds += elapsed

@@ -1,0 +1,58 @@
+"""The receive thread of pfsmount's patched pyfuse3 (≥ 4): requests answered without Python.
+
+pyfuse3 receives every FUSE request on the trio thread; the wakeup, the scheduler pass and the
+Python handler cost ~25 µs a request, against ~6 µs for the kernel's part. Most requests of a
+datum walk have answers known in advance, so the patch's C thread reads /dev/fuse itself and
+answers those at the kernel's pace: the IOCTL Python's `open()` sends (isatty), GETATTR of an
+inode registered with `attr` (a view's: views never change), READ and WRITE without a handle
+(no_open) of an inode whose fds are registered with `fds`. Everything else is queued, unchanged,
+for the trio loop, which handles it exactly as before.
+
+Invariants the callers keep: only immutable attributes are registered; an fd is withdrawn
+(`fds(inode, -1, -1)`, which waits for a read or write using it) before it is closed, and a
+staging fd the moment its datum ends (`PfsOperations.seal`), so nothing is written to an
+output after its commit began. `PFSMOUNT_FAST=0` keeps every request on the trio thread.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pyfuse3
+
+FAST_ENV = "PFSMOUNT_FAST"  # "0": receive every request on the trio thread
+
+
+def fast_path_possible() -> bool:
+    """Whether this pyfuse3 has the receive thread (patch ≥ 4) and it is not turned off."""
+    return getattr(pyfuse3, "PFSMOUNT_PATCH", 0) >= 4 and os.environ.get(FAST_ENV) != "0"
+
+
+class FastPath:
+    """What the receive thread may answer by itself, kept true by the file system."""
+
+    def attr(self, inode: int, attr: pyfuse3.EntryAttributes) -> None:
+        """GETATTR of `inode` is answered with `attr` until `drop`: `inode` never changes."""
+        pyfuse3.pfsmount_fast_attr(inode, attr)
+
+    def fds(self, inode: int, rfd: int, wfd: int) -> None:
+        """READ (rfd) and WRITE (wfd) of `inode` without a handle use these fds; -1: ask us.
+        Returns once nothing uses the fds replaced."""
+        pyfuse3.pfsmount_fast_fds(inode, rfd, wfd)
+
+    def withdraw(self, inode: int) -> None:
+        """Before `inode`'s fds are closed."""
+        pyfuse3.pfsmount_fast_fds(inode, -1, -1)
+
+    def drop(self, lo: int, hi: int) -> None:
+        """Forget inodes lo..hi-1 (a view the kernel no longer holds)."""
+        pyfuse3.pfsmount_fast_drop(lo, hi)
+
+    @staticmethod
+    def running() -> bool:
+        return bool(pyfuse3.pfsmount_fast_running())
+
+    @staticmethod
+    def stats() -> dict[str, int]:
+        """Requests answered in C by kind, bytes read and written there, requests handed on."""
+        return dict(pyfuse3.pfsmount_fast_stats())
