@@ -1,5 +1,7 @@
 """The byte path of /pfs (issue 14): READ answered from the file's fd and WRITE moved into the
-staging fd by the patched pyfuse3 (splice), or through Python bytes (`PFSMOUNT_SPLICE=0`).
+staging fd by the patched pyfuse3's receive thread (in C: READ by pread, WRITE spliced from the
+pipe it was received in), by its trio loop (splice both ways, `PFSMOUNT_FAST=0`), or through
+Python bytes (`PFSMOUNT_SPLICE=0`).
 
 One real job per transport runs the same user code: whole and partial reads of an input (the
 mount's page cache dropped before each, so every one reaches pfsmount), a file of the first
@@ -37,6 +39,8 @@ MIB = 1 << 20
 SIZE = 3 * MIB + 12345  # ends mid-page, so the last READ is short
 spliced = pytest.mark.skipif(getattr(pyfuse3, "PFSMOUNT_PATCH", 0) < 3,
                              reason="needs pfsmount's patched pyfuse3 ≥ 3 (scripts/setup)")
+fast = pytest.mark.skipif(getattr(pyfuse3, "PFSMOUNT_PATCH", 0) < 4,
+                          reason="needs pfsmount's patched pyfuse3 ≥ 4 (scripts/setup)")
 
 USER_CODE = """
     import json, os, time
@@ -131,13 +135,15 @@ def _big_syscalls(log: Path) -> dict[str, int]:
 
 
 @needs_fuse
-@pytest.mark.parametrize(("no_open", "splice"), [
-    pytest.param("1", "1", marks=spliced, id="no_open-splice"),
-    pytest.param("1", "0", marks=spliced, id="no_open-bytes"),
-    pytest.param("0", "1", marks=spliced, id="handles-splice"),
+@pytest.mark.parametrize(("no_open", "splice", "fast_path"), [
+    pytest.param("1", "1", "1", marks=fast, id="fast-splice"),
+    pytest.param("1", "0", "1", marks=fast, id="fast-bytes"),
+    pytest.param("1", "1", "0", marks=spliced, id="trio-splice"),
+    pytest.param("1", "0", "0", marks=spliced, id="trio-bytes"),
+    pytest.param("0", "1", "1", marks=fast, id="handles-splice"),
 ])
 def test_bytes_through_pfs_are_the_files(tmp_path: Path, mnt: Path, no_open: str,
-                                        splice: str) -> None:
+                                        splice: str, fast_path: str) -> None:
     data = tmp_path / "data"
     d1, d2 = _content(1), _content(2)
     write_tree(data / "in", {"d1/f": d1, "d2/f": d2})
@@ -145,7 +151,8 @@ def test_bytes_through_pfs_are_the_files(tmp_path: Path, mnt: Path, no_open: str
     spec = write_spec(tmp_path / "p.yaml", batching_spec(
         "io", {"pfs": {"repo": "in", "glob": "/*"}}, ["python3", str(script)]))
     proc = start_pfsmount(spec, data, mnt,
-                          env={"PFSMOUNT_NO_OPEN": no_open, "PFSMOUNT_SPLICE": splice})
+                          env={"PFSMOUNT_NO_OPEN": no_open, "PFSMOUNT_SPLICE": splice,
+                               "PFSMOUNT_FAST": fast_path})
     tracer = None
     try:
         ready = wait_for_staged(proc, data, mnt, "io", "ready")
@@ -179,7 +186,19 @@ def test_bytes_through_pfs_are_the_files(tmp_path: Path, mnt: Path, no_open: str
     assert (out / "new").read_bytes() == d2
     assert not (out / "go").exists() and not (out / "ready").exists()
     calls = _big_syscalls(tmp_path / "strace.log")
-    if splice == "1":
+    if fast_path == "1" and no_open == "1":
+        # The receive thread reads into its buffer (pread, then one write to /dev/fuse) and
+        # moves WRITE payloads from its pipe to the file (splice), or writes them (pwrite).
+        assert calls["pread64"] >= 4, calls
+        if splice == "1":
+            assert calls["splice"] >= 3 and calls["pwrite64"] == 0, calls
+        else:
+            assert calls["splice"] == 0 and calls["pwrite64"] >= 3, calls
+    elif fast_path == "1":
+        # Handles (fh != 0) are the trio loop's: it splices READs; WRITEs reach it as the
+        # copy the receive thread queued, written from memory.
+        assert calls["splice"] >= 4 and calls["pread64"] == 0 and calls["pwrite64"] >= 3, calls
+    elif splice == "1":
         # Input reads and output writes both moved by splice, none through a Python buffer.
         assert calls["splice"] >= 8 and calls["pread64"] == 0 and calls["pwrite64"] == 0, calls
     else:

@@ -1,0 +1,189 @@
+"""The patched pyfuse3's receive thread (issue 14): requests answered in C, on a real mount.
+
+A child process mounts PfsOperations itself (pyfuse3 holds one session per process) with the
+receive thread on, shows a datum with an output tree, and runs user-like I/O from another
+thread: what the thread answered is read from `pfsmount_fast_stats()`, what reached Python from
+handler counters. The answers must be the ones the Python handlers would give (same bytes, same
+attributes, same errors), and a datum's end must cut its output files off at once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pyfuse3
+import pytest
+
+from pfsmount import fastpath
+from support import PY, needs_fuse, write_tree
+
+patched = pytest.mark.skipif(getattr(pyfuse3, "PFSMOUNT_PATCH", 0) < 4,
+                             reason="needs pfsmount's patched pyfuse3 ≥ 4 (scripts/setup)")
+
+PROBE = r"""
+import collections, errno, json, os, stat, sys
+import pyfuse3, trio
+from pfsmount.datums import expand, open_repos
+from pfsmount.fs import PfsOperations
+from pfsmount.outdir import OutTree
+from pfsmount.spec import PfsInput
+from pfsmount.view import build_view
+
+data, mnt, staging = sys.argv[1], sys.argv[2], sys.argv[3]
+calls = collections.Counter()
+
+
+class Counting(PfsOperations):
+    async def getattr(self, inode, ctx):
+        calls["getattr"] += 1
+        return await super().getattr(inode, ctx)
+
+    async def read(self, fh, off, size, inode=0):
+        calls["read"] += 1
+        return await super().read(fh, off, size, inode)
+
+    def write_fd(self, fh, inode):
+        calls["write"] += 1
+        return super().write_fd(fh, inode)
+
+
+spec_input = PfsInput(name="in", repo="in", glob="/*")
+repos = open_repos(spec_input, data)
+fs = Counting(no_open=True, splice=True, fast_path=True)
+datums = list(expand(spec_input, repos))
+result = {}
+
+
+def uncached(fd):
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)  # the next read must ask the server
+    return fd
+
+
+def run(token):
+    sync = lambda fn, *a: trio.from_thread.run_sync(fn, *a, trio_token=token)
+    trees = []
+
+    def show(i):
+        os.makedirs(os.path.join(staging, str(i)))
+        tree = OutTree(os.path.join(staging, str(i)), fs.inodes)
+        trees.append(tree)
+        fs.show(build_view(datums[i], repos, b"K=V\n", fs.inodes), tree)
+
+    sync(show, 0)
+    f = os.path.join(mnt, "in", "a", "f.bin")
+    src = os.path.join(data, "in", "a", "f.bin")
+    result["running"] = pyfuse3.pfsmount_fast_running()
+    # IOCTL: Python's open() asks isatty of every file.
+    with open(f, "rb") as r:
+        first = r.read()
+        result["isatty"] = r.isatty()
+    # READ: the first one opens the file (Python), later ones are the thread's.
+    before = dict(calls)
+    fd = os.open(f, os.O_RDONLY)
+    again = os.pread(uncached(fd), 1 << 20, 0)
+    tail = os.pread(uncached(fd), 100, len(first) - 10)
+    past = os.pread(uncached(fd), 100, len(first) + 10)
+    # GETATTR: the kernel drops a file's atime after a READ, so fstat asks again.
+    st = os.fstat(fd)
+    os.close(fd)
+    result["read_python"] = calls["read"] - before.get("read", 0)
+    result["getattr_python"] = calls["getattr"] - before.get("getattr", 0)
+    want = os.stat(src)
+    result["bytes_ok"] = first == again[:len(first)] == open(src, "rb").read()
+    result["tail_ok"] = tail == first[-10:] and past == b""
+    result["stat_ok"] = (st.st_size, st.st_mode, st.st_mtime_ns) == (
+        want.st_size, want.st_mode, want.st_mtime_ns)
+    # WRITE: a file made by CREATE, written at offsets, read back from the server.
+    before = dict(calls)
+    out = os.path.join(mnt, "out", "o.bin")
+    with open(out, "w+b", buffering=0) as o:
+        o.write(b"a" * 300000)
+        os.pwrite(o.fileno(), b"XYZ", 1000)
+        os.pwrite(o.fileno(), b"end", 400000)  # past the end: a hole
+        os.fsync(o.fileno())
+        back = os.pread(uncached(o.fileno()), 500000, 0)
+    expect = bytearray(b"a" * 300000)
+    expect[1000:1003] = b"XYZ"
+    expect += bytes(100000) + b"end"
+    result["write_python"] = calls["write"] - before.get("write", 0)
+    result["written_ok"] = open(os.path.join(staging, "0", "o.bin"), "rb").read() == expect
+    result["back_ok"] = back == expect
+    # The datum ends: a writer still holding the file must get ESTALE, not reach the file.
+    held = os.open(out, os.O_WRONLY)
+    sync(fs.seal, trees[0])
+    try:
+        os.pwrite(held, b"late", 0)
+        result["late"] = "written"
+    except OSError as exc:
+        result["late"] = errno.errorcode[exc.errno]
+    os.close(held)
+    result["unchanged"] = open(os.path.join(staging, "0", "o.bin"), "rb").read() == expect
+    # A swap: the next datum's files, answered the same way.
+    sync(show, 1)
+    with open(os.path.join(mnt, "in", "b", "f.bin"), "rb") as r:
+        result["next_ok"] = r.read() == open(os.path.join(data, "in", "b", "f.bin"), "rb").read()
+    result["stats"] = pyfuse3.pfsmount_fast_stats()
+    result["input_bytes"] = fs.input_bytes
+    result["python_bytes"] = fs.stats.bytes_read
+
+
+async def main():
+    pyfuse3.init(fs, mnt, ["fsname=pfsmount-fast-test", "default_permissions"])
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(pyfuse3.main)
+            await trio.to_thread.run_sync(run, trio.lowlevel.current_trio_token())
+            nursery.cancel_scope.cancel()
+    finally:
+        pyfuse3.close(unmount=True)
+    result["stopped"] = not pyfuse3.pfsmount_fast_running()
+
+
+trio.run(main)
+print(json.dumps(result))
+"""
+
+
+@needs_fuse
+@patched
+def test_the_receive_thread_answers_as_the_handlers_would(tmp_path: Path) -> None:
+    data, mnt, staging = tmp_path / "data", tmp_path / "mnt", tmp_path / "staging"
+    write_tree(data / "in", {"a/f.bin": os.urandom(200000), "b/f.bin": os.urandom(5000)})
+    mnt.mkdir()
+    staging.mkdir()
+    try:
+        proc = subprocess.run([PY, "-c", PROBE, str(data), str(mnt), str(staging)],
+                              capture_output=True, text=True, timeout=120)
+    finally:
+        subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True)
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout.splitlines()[-1])
+    stats = got["stats"]
+    assert got["running"] is True and got["stopped"] is True, got
+    assert got["isatty"] is False and stats["ioctl"] >= 1, got
+    # Same bytes, attributes and EOF as the handlers give; none of them reached Python.
+    assert got["bytes_ok"] and got["tail_ok"] and got["stat_ok"], got
+    assert got["read_python"] == 0 and stats["read"] >= 3, got
+    assert got["getattr_python"] == 0 and stats["getattr"] >= 1, got
+    assert got["write_python"] == 0 and stats["write"] >= 3, got
+    assert got["written_ok"] and got["back_ok"], got
+    # Sealed: the late write was refused by Python (the thread had let go of the fd).
+    assert got["late"] == "ESTALE" and got["unchanged"], got
+    assert got["next_ok"], got
+    # The job's input_bytes counts what the thread read too.
+    assert stats["bytes_read"] >= 200000 and got["python_bytes"] > 0, got
+    assert got["input_bytes"] == got["python_bytes"] + stats["bytes_read"], got
+
+
+def test_the_thread_follows_the_build_and_the_switch(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(fastpath.FAST_ENV, raising=False)
+    monkeypatch.setattr(pyfuse3, "PFSMOUNT_PATCH", 4, raising=False)
+    assert fastpath.fast_path_possible()
+    monkeypatch.setenv(fastpath.FAST_ENV, "0")
+    assert not fastpath.fast_path_possible()
+    monkeypatch.delenv(fastpath.FAST_ENV)
+    monkeypatch.setattr(pyfuse3, "PFSMOUNT_PATCH", 3)
+    assert not fastpath.fast_path_possible()  # a build without the thread
