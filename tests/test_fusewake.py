@@ -4,7 +4,9 @@ The end of a job kills user code, which may be in the middle of a request; under
 once left pfsmount blocked for good in a read of /dev/fuse (see pfsmount/fusewake.py). The
 window is microseconds wide, so gdb holds pfsmount in it: stopped on its way into that read,
 the requester is SIGKILLed (the kernel takes its request back), then pfsmount goes on.
-Needs gdb 13 ($_shell), so the stop is for that request and no earlier one.
+Needs gdb 13 ($_shell), so the stop is for that request and no earlier one. Run on both receive
+loops: pyfuse3's trio loop (its read is `fuse_session_receive_buf`) and the patched build's C
+receive thread (its read is a `splice` from /dev/fuse, after `poll`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import pyfuse3
 import pytest
 
 from support import batching_spec, finish, needs_fuse, start_pfsmount, write_spec, write_tree
@@ -33,7 +36,13 @@ def _wait_for(path: Path, timeout: float = 30.0) -> None:
         time.sleep(0.05)
 
 
-def test_a_withdrawn_request_does_not_hang_the_job(tmp_path: Path, mnt: Path) -> None:
+@pytest.mark.parametrize(("fast_path", "read_call"), [
+    pytest.param("0", "fuse_session_receive_buf", id="trio-loop"),
+    pytest.param("1", "splice", id="receive-thread", marks=pytest.mark.skipif(
+        getattr(pyfuse3, "PFSMOUNT_PATCH", 0) < 4, reason="needs the patched pyfuse3 ≥ 4")),
+])
+def test_a_withdrawn_request_does_not_hang_the_job(tmp_path: Path, mnt: Path, fast_path: str,
+                                                   read_call: str) -> None:
     write_tree(tmp_path / "data" / "in", {"a": "a"})
     ready, flag, requester = tmp_path / "ready", tmp_path / "flag", tmp_path / "requester"
     # After its output the user code touches /pfs no more: nothing else would wake the read.
@@ -42,14 +51,14 @@ def test_a_withdrawn_request_does_not_hang_the_job(tmp_path: Path, mnt: Path) ->
     spec = write_spec(tmp_path / "p.yaml", batching_spec(
         "w", {"pfs": {"repo": "in", "glob": "/*"}}, ["bash", "-c", script],
         env={"MNT": str(mnt)}))
-    proc = start_pfsmount(spec, tmp_path / "data", mnt)
+    proc = start_pfsmount(spec, tmp_path / "data", mnt, env={"PFSMOUNT_FAST": fast_path})
     gdb = stat = None
     try:
         _wait_for(ready)
         time.sleep(1)  # the kernel's own requests after the write (release) are answered
         gdb = subprocess.Popen(
             ["gdb", "-p", str(proc.pid), "-batch", "-ex",
-             f'break fuse_session_receive_buf if $_shell("test -e {requester}") == 0',
+             f'break {read_call} if $_shell("test -e {requester}") == 0',
              "-ex", "continue", "-ex", f"shell kill -9 $(cat {requester})", "-ex", "delete",
              "-ex", "detach"],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -43,6 +43,9 @@ class FakeFs:
         self.shown.append((view, out))
         self.by_worker[worker] = (view, out)
 
+    def seal(self, tree: OutTree) -> None:
+        tree.closed = True
+
     @property
     def out(self) -> OutTree | None:
         return self.shown[-1][1]
