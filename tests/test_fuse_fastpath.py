@@ -76,12 +76,12 @@ def run(token):
     f = os.path.join(mnt, "in", "a", "f.bin")
     src = os.path.join(data, "in", "a", "f.bin")
     result["running"] = pyfuse3.pfsmount_fast_running()
-    # IOCTL: Python's open() asks isatty of every file.
+    before = dict(calls)
+    # IOCTL: Python's open() asks isatty of every file. READ: the thread opens the file.
     with open(f, "rb") as r:
         first = r.read()
         result["isatty"] = r.isatty()
-    # READ: the first one opens the file (Python), later ones are the thread's.
-    before = dict(calls)
+    getattrs = calls["getattr"]  # before: the root's (its attributes change at swaps)
     fd = os.open(f, os.O_RDONLY)
     again = os.pread(uncached(fd), 1 << 20, 0)
     tail = os.pread(uncached(fd), 100, len(first) - 10)
@@ -90,7 +90,7 @@ def run(token):
     st = os.fstat(fd)
     os.close(fd)
     result["read_python"] = calls["read"] - before.get("read", 0)
-    result["getattr_python"] = calls["getattr"] - before.get("getattr", 0)
+    result["getattr_python"] = calls["getattr"] - getattrs
     want = os.stat(src)
     result["bytes_ok"] = first == again[:len(first)] == open(src, "rb").read()
     result["tail_ok"] = tail == first[-10:] and past == b""
@@ -125,6 +125,22 @@ def run(token):
     sync(show, 1)
     with open(os.path.join(mnt, "in", "b", "f.bin"), "rb") as r:
         result["next_ok"] = r.read() == open(os.path.join(data, "in", "b", "f.bin"), "rb").read()
+    # Files changed since the listing: the thread does not open them; Python refuses them.
+    before = calls["read"]
+    os.rename(os.path.join(data, "in", "b", "g.bin"), os.path.join(data, "in", "b", "h.bin"))
+    with open(os.path.join(data, "in", "b", "g.bin"), "wb") as w:
+        w.write(b"not the listed file")
+    os.unlink(os.path.join(data, "in", "b", "s.bin"))
+    os.symlink("/etc/passwd", os.path.join(data, "in", "b", "s.bin"))
+    result["swapped"] = []
+    for name in ("g.bin", "s.bin"):
+        try:
+            with open(os.path.join(mnt, "in", "b", name), "rb") as r:
+                result["swapped"].append(r.read()[:20].decode(errors="replace"))
+        except OSError as exc:
+            result["swapped"].append(errno.errorcode[exc.errno])
+    result["swapped_python"] = calls["read"] - before
+    result["input_files"] = fs.input_files
     result["stats"] = pyfuse3.pfsmount_fast_stats()
     result["input_bytes"] = fs.input_bytes
     result["python_bytes"] = fs.stats.bytes_read
@@ -151,7 +167,8 @@ print(json.dumps(result))
 @patched
 def test_the_receive_thread_answers_as_the_handlers_would(tmp_path: Path) -> None:
     data, mnt, staging = tmp_path / "data", tmp_path / "mnt", tmp_path / "staging"
-    write_tree(data / "in", {"a/f.bin": os.urandom(200000), "b/f.bin": os.urandom(5000)})
+    write_tree(data / "in", {"a/f.bin": os.urandom(200000), "b/f.bin": os.urandom(5000),
+                             "b/g.bin": b"g" * 100, "b/s.bin": b"s" * 100})
     mnt.mkdir()
     staging.mkdir()
     try:
@@ -164,17 +181,21 @@ def test_the_receive_thread_answers_as_the_handlers_would(tmp_path: Path) -> Non
     stats = got["stats"]
     assert got["running"] is True and got["stopped"] is True, got
     assert got["isatty"] is False and stats["ioctl"] >= 1, got
-    # Same bytes, attributes and EOF as the handlers give; none of them reached Python.
+    # Same bytes, attributes and EOF as the handlers give; none of them reached Python, not
+    # even the first READ (the thread opened the file).
     assert got["bytes_ok"] and got["tail_ok"] and got["stat_ok"], got
-    assert got["read_python"] == 0 and stats["read"] >= 3, got
+    assert got["read_python"] == 0 and stats["read"] >= 3 and stats["opens"] >= 1, got
     assert got["getattr_python"] == 0 and stats["getattr"] >= 1, got
     assert got["write_python"] == 0 and stats["write"] >= 3, got
     assert got["written_ok"] and got["back_ok"], got
     # Sealed: the late write was refused by Python (the thread had let go of the fd).
     assert got["late"] == "ESTALE" and got["unchanged"], got
     assert got["next_ok"], got
-    # The job's input_bytes counts what the thread read too.
-    assert stats["bytes_read"] >= 200000 and got["python_bytes"] > 0, got
+    # A file replaced, or replaced by a symlink, after the listing: an I/O error, from Python.
+    assert got["swapped"] == ["EIO", "EIO"] and got["swapped_python"] >= 2, got
+    # The job's input counts include what the thread opened and read.
+    assert got["input_files"] == 2, got  # a/f.bin and b/f.bin
+    assert stats["bytes_read"] >= 200000, got
     assert got["input_bytes"] == got["python_bytes"] + stats["bytes_read"], got
 
 

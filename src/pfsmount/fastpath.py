@@ -5,8 +5,11 @@ Python handler cost ~25 µs a request, against ~6 µs for the kernel's part. Mos
 datum walk have answers known in advance, so the patch's C thread reads /dev/fuse itself and
 answers those at the kernel's pace: the IOCTL Python's `open()` sends (isatty), GETATTR of an
 inode registered with `attr` (a view's: views never change), READ and WRITE without a handle
-(no_open) of an inode whose fds are registered with `fds`. Everything else is queued, unchanged,
-for the trio loop, which handles it exactly as before.
+(no_open) of an inode whose fds are registered with `fds`, and the first READ of a view's file
+in a local repo: the thread opens it itself, exactly as `LocalRepo.open_file` would (beneath
+the repo directory, through no symlink, only if it is the listed file; anything else goes to
+Python, which says what is wrong). Everything else is queued, unchanged, for the trio loop,
+which handles it exactly as before.
 
 Invariants the callers keep: only immutable attributes are registered; an fd is withdrawn
 (`fds(inode, -1, -1)`, which waits for a read or write using it) before it is closed, and a
@@ -16,9 +19,15 @@ output after its commit began. `PFSMOUNT_FAST=0` keeps every request on the trio
 
 from __future__ import annotations
 
+import logging
 import os
+import stat
 
 import pyfuse3
+
+from pfsmount.store.base import Entry, RepoSource
+
+log = logging.getLogger(__name__)
 
 FAST_ENV = "PFSMOUNT_FAST"  # "0": receive every request on the trio thread
 
@@ -31,9 +40,41 @@ def fast_path_possible() -> bool:
 class FastPath:
     """What the receive thread may answer by itself, kept true by the file system."""
 
-    def attr(self, inode: int, attr: pyfuse3.EntryAttributes) -> None:
-        """GETATTR of `inode` is answered with `attr` until `drop`: `inode` never changes."""
-        pyfuse3.pfsmount_fast_attr(inode, attr)
+    def __init__(self) -> None:
+        # Per repo (by identity; the repo is kept alive here): its root's index in the
+        # thread, or -1 where its files are not local.
+        self._roots: dict[int, tuple[RepoSource, int]] = {}
+
+    def attr(self, inode: int, attr: pyfuse3.EntryAttributes,
+             origin: tuple[RepoSource, Entry] | None = None) -> None:
+        """GETATTR of `inode` is answered with `attr` until `drop`: `inode` never changes.
+        With the `origin` of a regular file, its first READ may open it (local repos)."""
+        root = self._root(origin[0]) if origin is not None else -1
+        if root < 0 or origin is None or not stat.S_ISREG(origin[1].mode):
+            pyfuse3.pfsmount_fast_attr(inode, attr)
+            return
+        entry = origin[1]
+        pyfuse3.pfsmount_fast_attr(inode, attr, root, os.fsencode(entry.path.lstrip("/")),
+                                   entry.dev, entry.ino)
+
+    def _root(self, repo: RepoSource) -> int:
+        known = self._roots.get(id(repo))
+        if known is not None:
+            return known[1]
+        root = -1
+        root_fd = getattr(repo, "root_fd", None)  # local repos: their files are on this disk
+        if root_fd is not None:
+            try:
+                root = pyfuse3.pfsmount_fast_root(root_fd())
+            except OSError as exc:
+                # Its files are opened by Python, which reports what is wrong with them.
+                log.debug("repo %s: files not opened by the receive thread: %s", repo.name, exc)
+        self._roots[id(repo)] = (repo, root)
+        return root
+
+    def take_opened(self, lo: int, hi: int) -> list[int]:
+        """Inodes lo..hi-1 whose file the thread opened since the last call."""
+        return list(pyfuse3.pfsmount_fast_take_opened(lo, hi))
 
     def fds(self, inode: int, rfd: int, wfd: int) -> None:
         """READ (rfd) and WRITE (wfd) of `inode` without a handle use these fds; -1: ask us.

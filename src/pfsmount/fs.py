@@ -290,6 +290,14 @@ class PfsOperations(pyfuse3.Operations):
             self._out_fds.drop_owned_by(tree)
 
     @property
+    def input_files(self) -> int:
+        """Distinct input files the user code read, whoever opened them."""
+        if self.fast is not None:
+            for view in self._live.views:
+                self._count_fast_opens(view)
+        return len(self.stats.files_opened)
+
+    @property
     def input_bytes(self) -> int:
         """Bytes the user code read from /pfs (and from /pfs/out), whoever answered."""
         extra = self.fast.stats()["bytes_read"] if self.fast is not None else 0
@@ -324,7 +332,17 @@ class PfsOperations(pyfuse3.Operations):
         if len(self._readers):
             self._readers.drop_owned_by(view)
         if self.fast is not None:
+            self._count_fast_opens(view)
             self.fast.drop(view.base, view.end)
+
+    def _count_fast_opens(self, view: View) -> None:
+        """Files of `view` the receive thread opened itself, into the job's input counts."""
+        assert self.fast is not None
+        for inode in self.fast.take_opened(view.base, view.end):
+            origin = view.node(inode).origin
+            if origin is not None:
+                self.stats.content_opens += 1
+                self.stats.files_opened.add(origin[0].source(origin[1].path))
 
     def _reap_outs(self) -> None:
         if len(self._out_fds):
@@ -416,8 +434,8 @@ class PfsOperations(pyfuse3.Operations):
         a.entry_timeout = 0 if at_root else VIEW_TIMEOUT
         if self.fast is not None:
             # Handed to the kernel now, so it may GETATTR the inode from now on: a view's
-            # inode never changes, the C thread may answer for us.
-            self.fast.attr(inode, a)
+            # inode never changes, the C thread may answer for us (and open a local file).
+            self.fast.attr(inode, a, node.origin if node.data is None else None)
         return a
 
     def _stat_attr(

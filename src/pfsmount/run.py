@@ -431,7 +431,7 @@ async def _locked_job(
         job_id=plan.job_id, records=list(loop.queue.troubled),
         seconds=time.monotonic() - started,
         output_dir=output.repo_dir, outcome=outcome, problems=problems,
-        input_bytes=fs.input_bytes, input_files=len(fs.stats.files_opened),
+        input_bytes=fs.input_bytes, input_files=fs.input_files,
         restarts=restarts, skipped=plan.skipped + plan.earlier_skipped, earlier=plan.earlier,
         stopped_by=stopped_by, workers=[(w.attempts, w.busy_seconds) for w in loop.workers],
         counts={s: loop.queue.count(s) for s in DatumState}, earlier_counts=plan.earlier_counts,

@@ -50,6 +50,10 @@ class _LocalFiles:
     def open_reader(self, entry: Entry) -> LocalReader:
         return LocalReader(self.open_file(entry))
 
+    def root_fd(self) -> int:
+        """The repo directory, held open: every input is opened beneath it (see open_file)."""
+        return self._root_fd if self._root_fd >= 0 else self._open_root()
+
     def open_file(self, entry: Entry) -> int:
         """Open the listed regular file `entry` read-only, never through a symlink.
 
@@ -57,7 +61,7 @@ class _LocalFiles:
         found must be the one listed (device, inode, type). Anything else (a file or a
         parent directory replaced since the listing) is EIO, with a warning naming the path.
         """
-        root_fd = self._root_fd if self._root_fd >= 0 else self._open_root()
+        root_fd = self.root_fd()
         relative = entry.path.lstrip("/")
         try:
             fd = _linux.open_beneath(root_fd, relative, os.O_RDONLY | os.O_CLOEXEC)
