@@ -44,6 +44,8 @@ class FastPath:
         # Per repo (by identity; the repo is kept alive here): its root's index in the
         # thread, or -1 where its files are not local.
         self._roots: dict[int, tuple[RepoSource, int]] = {}
+        # The thread's counts are the process's: this mount's are what it adds.
+        self._base = dict(pyfuse3.pfsmount_fast_stats())
 
     def attr(self, inode: int, attr: pyfuse3.EntryAttributes,
              origin: tuple[RepoSource, Entry] | None = None) -> None:
@@ -93,7 +95,8 @@ class FastPath:
     def running() -> bool:
         return bool(pyfuse3.pfsmount_fast_running())
 
-    @staticmethod
-    def stats() -> dict[str, int]:
-        """Requests answered in C by kind, bytes read and written there, requests handed on."""
-        return dict(pyfuse3.pfsmount_fast_stats())
+    def stats(self) -> dict[str, int]:
+        """Requests answered in C by kind, bytes read and written there, requests handed on
+        (this mount's)."""
+        now = pyfuse3.pfsmount_fast_stats()
+        return {k: v - self._base.get(k, 0) for k, v in now.items()}

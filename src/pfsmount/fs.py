@@ -289,6 +289,16 @@ class PfsOperations(pyfuse3.Operations):
         if len(self._out_fds):
             self._out_fds.drop_owned_by(tree)
 
+    def detach_fast_path(self) -> None:
+        """Before `pyfuse3.close`: the receive thread and its table go with the session, so
+        what it opened and read joins the job's counts now."""
+        if self.fast is None:
+            return
+        for view in self._live.views:
+            self._count_fast_opens(view)
+        self.stats.bytes_read += self.fast.stats()["bytes_read"]
+        self.fast = None
+
     @property
     def input_files(self) -> int:
         """Distinct input files the user code read, whoever opened them."""

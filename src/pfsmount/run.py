@@ -416,6 +416,7 @@ async def _locked_job(
     finally:
         if wake is not None:
             wake.close()
+        fs.detach_fast_path()
         pyfuse3.close(unmount=True)
         await trio.to_thread.run_sync(rundir.remove)
     console.end_progress()
