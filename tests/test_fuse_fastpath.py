@@ -27,7 +27,7 @@ PROBE = r"""
 import collections, errno, json, os, stat, sys
 import pyfuse3, trio
 from pfsmount.datums import expand, open_repos
-from pfsmount.fs import PfsOperations
+from pfsmount.fs import ROOT, PfsOperations
 from pfsmount.outdir import OutTree
 from pfsmount.spec import PfsInput
 from pfsmount.view import build_view
@@ -40,6 +40,11 @@ class Counting(PfsOperations):
     async def getattr(self, inode, ctx):
         calls["getattr"] += 1
         return await super().getattr(inode, ctx)
+
+    async def lookup(self, parent, name, ctx):
+        if parent != ROOT:  # root names: no epochs here (not probed), asked at every walk
+            calls["lookup"] += 1
+        return await super().lookup(parent, name, ctx)
 
     async def read(self, fh, off, size, inode=0):
         calls["read"] += 1
@@ -111,6 +116,37 @@ def run(token):
     result["write_python"] = calls["write"] - before.get("write", 0)
     result["written_ok"] = open(os.path.join(staging, "0", "o.bin"), "rb").read() == expect
     result["back_ok"] = back == expect
+    # /pfs/out's directories: missing names and attributes answered by the thread, and as
+    # fresh as the staging directory after every change made through the handlers.
+    top = os.path.join(mnt, "out")
+    stage = os.path.join(staging, "0")
+    os.mkdir(os.path.join(top, "sub"))
+    before = dict(calls)
+    dirs_ok = []
+    for i in range(20):
+        with open(os.path.join(top, "sub", f"f{i}"), "wb") as o:  # LOOKUP, CREATE, GETATTR
+            o.write(b"x")
+        dirs_ok.append(os.stat(os.path.join(top, "sub")).st_mtime_ns
+                       == os.stat(os.path.join(stage, "sub")).st_mtime_ns)
+    result["absent_python"] = calls["lookup"] - before.get("lookup", 0)
+    result["dir_getattr_python"] = calls["getattr"] - before.get("getattr", 0)
+    os.mkdir(os.path.join(top, "sub", "d"))
+    dirs_ok.append(os.stat(os.path.join(top, "sub")).st_nlink
+                   == os.stat(os.path.join(stage, "sub")).st_nlink)
+    os.unlink(os.path.join(top, "sub", "f0"))
+    dirs_ok.append(not os.path.exists(os.path.join(top, "sub", "f0")))
+    dirs_ok.append(os.path.exists(os.path.join(top, "sub", "f1")))
+    os.rename(os.path.join(top, "sub"), os.path.join(top, "moved"))
+    dirs_ok.append(sorted(os.listdir(os.path.join(top, "moved"))) ==
+                   sorted(["d"] + [f"f{i}" for i in range(1, 20)]))
+    dirs_ok.append(not os.path.exists(os.path.join(top, "moved", "nothing")))
+    os.rmdir(os.path.join(top, "moved", "d"))
+    dirs_ok.append(not os.path.exists(os.path.join(top, "moved", "d")))
+    st = os.stat(os.path.join(top, "moved"))
+    want = os.stat(os.path.join(stage, "moved"))
+    dirs_ok.append((st.st_mtime_ns, st.st_nlink, st.st_mode) ==
+                   (want.st_mtime_ns, want.st_nlink, want.st_mode))
+    result["dirs_ok"] = dirs_ok
     # The datum ends: a writer still holding the file must get ESTALE, not reach the file.
     held = os.open(out, os.O_WRONLY)
     sync(fs.seal, trees[0])
@@ -188,6 +224,11 @@ def test_the_receive_thread_answers_as_the_handlers_would(tmp_path: Path) -> Non
     assert got["getattr_python"] == 0 and stats["getattr"] >= 1, got
     assert got["write_python"] == 0 and stats["write"] >= 3, got
     assert got["written_ok"] and got["back_ok"], got
+    # /pfs/out directories: the new names' LOOKUPs and the directory's GETATTR after each
+    # CREATE never reached Python, and what the thread said matched the staging directory.
+    assert got["absent_python"] == 0 and stats["absent"] >= 20, got
+    assert got["dir_getattr_python"] == 0, got
+    assert all(got["dirs_ok"]), got
     # Sealed: the late write was refused by Python (the thread had let go of the fd).
     assert got["late"] == "ESTALE" and got["unchanged"], got
     assert got["next_ok"], got

@@ -5,13 +5,18 @@ Python handler cost ~25 µs a request, against ~6 µs for the kernel's part. Mos
 datum walk have answers known in advance, so the patch's C thread reads /dev/fuse itself and
 answers those at the kernel's pace: the IOCTL Python's `open()` sends (isatty), GETATTR of an
 inode registered with `attr` (a view's: views never change), READ and WRITE without a handle
-(no_open) of an inode whose fds are registered with `fds`, and the first READ of a view's file
+(no_open) of an inode whose fds are registered with `fds`, GETATTR of an /pfs/out directory
+and LOOKUP of a name missing from it (registered with `attr` and `directory`, refreshed by every
+handler that changes the directory, dropped when it goes or its datum ends), and the first READ
+of a view's file
 in a local repo: the thread opens it itself, exactly as `LocalRepo.open_file` would (beneath
 the repo directory, through no symlink, only if it is the listed file; anything else goes to
 Python, which says what is wrong). Everything else is queued, unchanged, for the trio loop,
 which handles it exactly as before.
 
-Invariants the callers keep: only immutable attributes are registered; an fd is withdrawn
+Invariants the callers keep: only attributes nothing changes behind pfsmount's back are
+registered (a view's; an output directory's, re-registered by the handler that changes it,
+before it answers); an fd is withdrawn
 (`fds(inode, -1, -1)`, which waits for a read or write using it) before it is closed, and a
 staging fd the moment its datum ends (`PfsOperations.seal`), so nothing is written to an
 output after its commit began. `PFSMOUNT_FAST=0` keeps every request on the trio thread.
@@ -82,6 +87,11 @@ class FastPath:
         """READ (rfd) and WRITE (wfd) of `inode` without a handle use these fds; -1: ask us.
         Returns once nothing uses the fds replaced."""
         pyfuse3.pfsmount_fast_fds(inode, rfd, wfd)
+
+    def directory(self, inode: int, fd: int) -> None:
+        """LOOKUPs below `inode` of names missing from directory `fd` (copied) are answered
+        ENOENT by the thread until `drop` (an /pfs/out directory: what its lookup answers)."""
+        pyfuse3.pfsmount_fast_dir(inode, fd)
 
     def withdraw(self, inode: int) -> None:
         """Before `inode`'s fds are closed."""

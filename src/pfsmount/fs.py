@@ -238,6 +238,8 @@ class PfsOperations(pyfuse3.Operations):
         self._names = {str(w).encode(): slot for w, slot in enumerate(self._workers)}
         self._top_mtime = time.time_ns()
         self._handles: dict[int, Handle] = {}
+        # /pfs/out directories whose GETATTR and missing-name LOOKUPs the C thread answers.
+        self._fast_dirs: dict[int, OutTree] = {}
         self._next_fh = 1
         self._uid = os.getuid()
         self._gid = os.getgid()
@@ -288,6 +290,8 @@ class PfsOperations(pyfuse3.Operations):
         tree.closed = True
         if len(self._out_fds):
             self._out_fds.drop_owned_by(tree)
+        for inode in [i for i, t in self._fast_dirs.items() if t is tree]:
+            self._drop_fast_dir(inode)
 
     def detach_fast_path(self) -> None:
         """Before `pyfuse3.close`: the receive thread and its table go with the session, so
@@ -474,12 +478,58 @@ class PfsOperations(pyfuse3.Operations):
         except FileNotFoundError:
             # A listing taken just before a swap may outlive the datum's staging area.
             st = tree.root_stat
-        return self._stat_attr(tree.root_inode, st, at_root=True)
+            return self._stat_attr(tree.root_inode, st, at_root=True)
+        attr = self._stat_attr(tree.root_inode, st, at_root=True)
+        self._fast_out_dir(tree, tree.root_inode, attr)
+        return attr
 
     def _remember_out(self, tree: OutTree, parent: int, name: bytes) -> pyfuse3.EntryAttributes:
         st = os.lstat(tree.child_path(parent, name))
         inode = tree.remember(parent, name, st)
-        return self._stat_attr(inode, st, at_root=False)
+        attr = self._stat_attr(inode, st, at_root=False)
+        self._fast_out_dir(tree, inode, attr)
+        return attr
+
+    def _fast_out_dir(self, tree: OutTree, inode: int, attr: pyfuse3.EntryAttributes) -> None:
+        """An /pfs/out directory handed to the kernel: the C thread answers its GETATTR, and
+        LOOKUPs of names missing from it, until it changes (`_out_dirs_changed`, called by
+        every handler that changes it before that handler answers) or its datum ends."""
+        if self.fast is None or tree.closed or not stat.S_ISDIR(attr.st_mode):
+            return
+        if inode not in self._fast_dirs:
+            try:
+                fd = os.open(tree.path(inode),
+                             os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            except OSError as exc:  # gone or replaced meanwhile: Python answers for it
+                log.debug("output directory %d stays with Python: %s", inode, exc)
+                return
+            try:
+                self.fast.directory(inode, fd)
+            finally:
+                os.close(fd)
+            self._fast_dirs[inode] = tree
+        self.fast.attr(inode, attr)
+
+    def _out_dirs_changed(self, tree: OutTree, *inodes: int | None) -> None:
+        """Entries were made or removed in these directories: new attributes for the C
+        thread, or none if a directory is gone."""
+        for inode in inodes:
+            if inode is None or inode not in self._fast_dirs:
+                continue
+            try:
+                st = os.lstat(tree.path(inode))
+            except OSError:
+                st = None
+            if st is None or not stat.S_ISDIR(st.st_mode):
+                self._drop_fast_dir(inode)
+            elif self.fast is not None:
+                self.fast.attr(inode, self._stat_attr(inode, st,
+                                                      at_root=inode == tree.root_inode))
+
+    def _drop_fast_dir(self, inode: int) -> None:
+        self._fast_dirs.pop(inode, None)
+        if self.fast is not None:
+            self.fast.drop(inode, inode + 1)
 
     # ----- lookups and metadata -------------------------------------------------------
 
@@ -606,6 +656,7 @@ class PfsOperations(pyfuse3.Operations):
             atime = attr.st_atime_ns if fields.update_atime else st.st_atime_ns
             mtime = attr.st_mtime_ns if fields.update_mtime else st.st_mtime_ns
             os.utime(path, ns=(atime, mtime), follow_symlinks=False)
+        self._out_dirs_changed(tree, inode)
         return self._stat_attr(inode, os.lstat(path), at_root=inode == tree.root_inode)
 
     @guarded
@@ -968,6 +1019,7 @@ class PfsOperations(pyfuse3.Operations):
         except BaseException:
             os.close(fd)
             raise
+        self._out_dirs_changed(tree, parent_inode)
         if self.no_open:
             # No handle: on a no_open connection the kernel sends no RELEASE even for files
             # made by CREATE (seen on 6.18), so a handle, and its fd, would outlive the datum
@@ -991,6 +1043,7 @@ class PfsOperations(pyfuse3.Operations):
         path = tree.child_path(parent_inode, name)
         os.mknod(path, mode)
         self._give_to_caller(path, ctx)
+        self._out_dirs_changed(tree, parent_inode)
         return self._remember_out(tree, parent_inode, name)
 
     @guarded
@@ -1001,6 +1054,7 @@ class PfsOperations(pyfuse3.Operations):
         path = tree.child_path(parent_inode, name)
         os.mkdir(path, stat.S_IMODE(mode))
         self._give_to_caller(path, ctx)
+        self._out_dirs_changed(tree, parent_inode)
         return self._remember_out(tree, parent_inode, name)
 
     @guarded
@@ -1011,6 +1065,7 @@ class PfsOperations(pyfuse3.Operations):
         path = tree.child_path(parent_inode, name)
         os.symlink(target, path)
         self._give_to_caller(path, ctx)
+        self._out_dirs_changed(tree, parent_inode)
         return self._remember_out(tree, parent_inode, name)
 
     @guarded
@@ -1022,6 +1077,7 @@ class PfsOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EXDEV)
         os.link(tree.path(inode), tree.child_path(new_parent_inode, new_name),
                 follow_symlinks=False)
+        self._out_dirs_changed(tree, new_parent_inode)
         return self._remember_out(tree, new_parent_inode, new_name)
 
     @guarded
@@ -1032,6 +1088,7 @@ class PfsOperations(pyfuse3.Operations):
         os.unlink(path)
         if st is not None:
             tree.lost_name(st)
+        self._out_dirs_changed(tree, parent_inode)
 
     def _keep_open(self, tree: OutTree, path: str) -> os.stat_result | None:
         """Before a file loses a name: its stat, and under no_open an fd kept open on it.
@@ -1054,7 +1111,12 @@ class PfsOperations(pyfuse3.Operations):
     @guarded
     async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
         tree = self._writable(parent_inode)
-        os.rmdir(tree.child_path(parent_inode, name))
+        path = tree.child_path(parent_inode, name)
+        gone = tree.known(os.lstat(path).st_ino) if self._fast_dirs else None
+        os.rmdir(path)
+        self._out_dirs_changed(tree, parent_inode)
+        if gone is not None and gone in self._fast_dirs:
+            self._drop_fast_dir(gone)
 
     @guarded
     async def rename(
@@ -1081,6 +1143,9 @@ class PfsOperations(pyfuse3.Operations):
             replaced = self._keep_open(tree, dst)  # a file renamed over loses its name
             if replaced is not None and os.path.samestat(replaced, os.lstat(src)):
                 replaced = None  # two links of one file: rename(2) changes nothing
+        gone = None  # a directory renamed over: gone
+        if replaced is not None and stat.S_ISDIR(replaced.st_mode):
+            gone = tree.known(replaced.st_ino)
         if flags:
             _linux.renameat2(src, dst, flags)
         else:
@@ -1091,6 +1156,12 @@ class PfsOperations(pyfuse3.Operations):
             tree.exchanged(parent_inode_old, name_old, parent_inode_new, name_new)
         else:
             tree.moved(parent_inode_old, name_old, parent_inode_new, name_new)
+        if self._fast_dirs:
+            # Both parents changed; a directory moved has a new ctime (and `..`).
+            if gone is not None and gone in self._fast_dirs:
+                self._drop_fast_dir(gone)
+            moved = [tree.known(os.lstat(p).st_ino) for p in (src, dst) if os.path.lexists(p)]
+            self._out_dirs_changed(tree, parent_inode_old, parent_inode_new, *moved)
 
     def _give_to_caller(self, path: str, ctx: pyfuse3.RequestContext, fd: int = -1) -> None:
         """Make a new output entry owned by the process that created it, as a disk would."""
