@@ -30,6 +30,7 @@ from pfsmount.epoch import Epoch
 from pfsmount.fs import ROOT, PfsOperations
 from pfsmount.spec import PfsInput
 from pfsmount.view import build_view
+from fuseprobe import serve_while
 
 data, mnt = sys.argv[1], sys.argv[2]
 
@@ -88,22 +89,14 @@ def walk(token):
     result["mixed"] = mixed
 
 
-async def main():
-    pyfuse3.init(fs, mnt, ["fsname=pfsmount-epoch-test", "default_permissions"])
+def mounted():
     # No KernelNotifier: its entry drops would hide a missing epoch bump. The epoch alone must
     # keep every name of the old datum from being used.
     fs.epoch = Epoch.probe()
     result["epoch"] = fs.epoch is not None
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(pyfuse3.main)
-            await trio.to_thread.run_sync(walk, trio.lowlevel.current_trio_token())
-            nursery.cancel_scope.cancel()
-    finally:
-        pyfuse3.close(unmount=True)
 
 
-trio.run(main)
+serve_while(fs, mnt, "pfsmount-epoch-test", walk, mounted)
 print(json.dumps(result))
 """
 
@@ -115,7 +108,8 @@ def _probe(tmp_path: Path, env: dict[str, str]) -> dict:
     mnt.mkdir()
     try:
         proc = subprocess.run([PY, "-c", PROBE, str(data), str(mnt)], capture_output=True,
-                              text=True, timeout=120, env={**os.environ, **env})
+                              text=True, timeout=120,
+                              env={**os.environ, "PYTHONPATH": str(Path(__file__).parent), **env})
     finally:
         subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True)
     assert proc.returncode == 0, proc.stderr

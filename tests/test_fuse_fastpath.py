@@ -31,6 +31,7 @@ from pfsmount.fs import ROOT, PfsOperations
 from pfsmount.outdir import OutTree
 from pfsmount.spec import PfsInput
 from pfsmount.view import build_view
+from fuseprobe import serve_while
 
 data, mnt, staging = sys.argv[1], sys.argv[2], sys.argv[3]
 calls = collections.Counter()
@@ -182,19 +183,8 @@ def run(token):
     result["python_bytes"] = fs.stats.bytes_read
 
 
-async def main():
-    pyfuse3.init(fs, mnt, ["fsname=pfsmount-fast-test", "default_permissions"])
-    try:
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(pyfuse3.main)
-            await trio.to_thread.run_sync(run, trio.lowlevel.current_trio_token())
-            nursery.cancel_scope.cancel()
-    finally:
-        pyfuse3.close(unmount=True)
-    result["stopped"] = not pyfuse3.pfsmount_fast_running()
-
-
-trio.run(main)
+serve_while(fs, mnt, "pfsmount-fast-test", run)
+result["stopped"] = not pyfuse3.pfsmount_fast_running()
 print(json.dumps(result))
 """
 
@@ -209,7 +199,8 @@ def test_the_receive_thread_answers_as_the_handlers_would(tmp_path: Path) -> Non
     staging.mkdir()
     try:
         proc = subprocess.run([PY, "-c", PROBE, str(data), str(mnt), str(staging)],
-                              capture_output=True, text=True, timeout=120)
+                              capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "PYTHONPATH": str(Path(__file__).parent)})
     finally:
         subprocess.run(["fusermount3", "-u", "-z", str(mnt)], capture_output=True)
     assert proc.returncode == 0, proc.stderr
