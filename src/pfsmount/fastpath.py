@@ -101,10 +101,6 @@ class FastPath:
         """Forget inodes lo..hi-1 (a view the kernel no longer holds)."""
         pyfuse3.pfsmount_fast_drop(lo, hi)
 
-    @staticmethod
-    def running() -> bool:
-        return bool(pyfuse3.pfsmount_fast_running())
-
     def stats(self) -> dict[str, int]:
         """Requests answered in C by kind, bytes read and written there, requests handed on
         (this mount's)."""

@@ -27,9 +27,11 @@ them from its page cache to /dev/fuse; a WRITE names its staging fd (`write_fd`)
 moves the payload there from the pipe it received the request in.
 
 With `fast_path` (patched pyfuse3 ≥ 4, `fastpath.py`) a C thread receives the requests and
-answers the ones whose answers are registered ahead: GETATTR of view inodes (`_node_attr`
-registers each as it is handed out, `_reap_view` drops them), READ/WRITE without a handle of
-inodes whose fds `inodeio` keeps. Everything else still reaches the handlers below.
+answers the ones whose answers are registered ahead: GETATTR of view inodes and the first READ
+of their local files (`_node_attr` registers each as it is handed out, `_reap_view` drops
+them), READ/WRITE without a handle of inodes whose fds `inodeio` keeps, GETATTR of /pfs/out
+directories and LOOKUPs of names missing from them (`_fast_out_dir`, refreshed by every
+handler that changes one). Everything else still reaches the handlers below.
 """
 
 from __future__ import annotations
