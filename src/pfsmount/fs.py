@@ -278,10 +278,15 @@ class PfsOperations(pyfuse3.Operations):
         if self.notifier is not None:
             # Not needed for correctness (root names are cached only within an epoch, or not
             # at all), but dropping the old names now lets the kernel forget the old view's
-            # inodes without waiting for the next walk. The root's attributes are cached and
-            # its mtime changes here; until the drop lands, a stat may show the old mtime.
-            for name in stale:
-                self.notifier.drop_name(slot.inode, name)
+            # inodes without waiting for the next walk. With epochs that happens at the next
+            # LOOKUP of the name anyway, and a name drop can deadlock a dying pfsmount: the
+            # kernel takes the root's lock for it, uninterruptibly, behind a LOOKUP that no
+            # thread is left to answer, so the process never exits (seen under kill -9).
+            # The root's attributes are cached and its mtime changes here; until the drop
+            # lands, a stat may show the old mtime.
+            if self.epoch is None:
+                for name in stale:
+                    self.notifier.drop_name(slot.inode, name)
             self.notifier.drop_attributes(slot.inode)
 
     def seal(self, tree: OutTree) -> None:
