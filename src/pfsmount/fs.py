@@ -533,8 +533,10 @@ class PfsOperations(pyfuse3.Operations):
                 self.fast.attr(inode, self._stat_attr(inode, st,
                                                       at_root=inode == tree.root_inode))
 
-    def _drop_fast_dir(self, inode: int) -> None:
-        self._fast_dirs.pop(inode, None)
+    def _drop_fast_dir(self, inode: int | None) -> None:
+        """The C thread no longer answers for directory `inode` (gone, or its datum ended)."""
+        if inode is None or self._fast_dirs.pop(inode, None) is None:
+            return
         if self.fast is not None:
             self.fast.drop(inode, inode + 1)
 
@@ -1122,8 +1124,7 @@ class PfsOperations(pyfuse3.Operations):
         gone = tree.known(os.lstat(path).st_ino) if self._fast_dirs else None
         os.rmdir(path)
         self._out_dirs_changed(tree, parent_inode)
-        if gone is not None and gone in self._fast_dirs:
-            self._drop_fast_dir(gone)
+        self._drop_fast_dir(gone)
 
     @guarded
     async def rename(
@@ -1165,8 +1166,7 @@ class PfsOperations(pyfuse3.Operations):
             tree.moved(parent_inode_old, name_old, parent_inode_new, name_new)
         if self._fast_dirs:
             # Both parents changed; a directory moved has a new ctime (and `..`).
-            if gone is not None and gone in self._fast_dirs:
-                self._drop_fast_dir(gone)
+            self._drop_fast_dir(gone)
             moved = [tree.known(os.lstat(p).st_ino) for p in (src, dst) if os.path.lexists(p)]
             self._out_dirs_changed(tree, parent_inode_old, parent_inode_new, *moved)
 
