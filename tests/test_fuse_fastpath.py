@@ -20,8 +20,8 @@ import pytest
 from pfsmount import fastpath
 from support import PY, needs_fuse, write_tree
 
-patched = pytest.mark.skipif(getattr(pyfuse3, "PFSMOUNT_PATCH", 0) < 4,
-                             reason="needs pfsmount's patched pyfuse3 ≥ 4 (scripts/setup)")
+patched = pytest.mark.skipif(getattr(pyfuse3, "PFSMOUNT_PATCH", 0) < 5,
+                             reason="needs pfsmount's patched pyfuse3 ≥ 5 (scripts/setup)")
 
 PROBE = r"""
 import collections, errno, json, os, stat, sys
@@ -233,10 +233,10 @@ def test_the_receive_thread_answers_as_the_handlers_would(tmp_path: Path) -> Non
 
 def test_the_thread_follows_the_build_and_the_switch(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(fastpath.FAST_ENV, raising=False)
-    monkeypatch.setattr(pyfuse3, "PFSMOUNT_PATCH", 4, raising=False)
+    monkeypatch.setattr(pyfuse3, "PFSMOUNT_PATCH", 5, raising=False)
     assert fastpath.fast_path_possible()
     monkeypatch.setenv(fastpath.FAST_ENV, "0")
     assert not fastpath.fast_path_possible()
     monkeypatch.delenv(fastpath.FAST_ENV)
-    monkeypatch.setattr(pyfuse3, "PFSMOUNT_PATCH", 3)
-    assert not fastpath.fast_path_possible()  # a build without the thread
+    monkeypatch.setattr(pyfuse3, "PFSMOUNT_PATCH", 4)
+    assert not fastpath.fast_path_possible()  # a build without chunked sources

@@ -5,9 +5,11 @@ a 1 GiB object's first read (1 MiB reads) against a plain parallel-GET client (t
 when Debian's s3fs/rclone are installed, their mounts of the same bucket; one datum of 2,000
 objects of 16 KiB walked and read; a 1 MiB read at the middle of the 1 GiB object, with the
 bytes the server sent counted by a proxy in between; pfsmount's peak RSS over these runs.
-The cache rows: the 1 GiB object read again by a new process from a `--cache-dir` the first
-run filled; a 64 MiB object every datum of a cross reads; small-file datums after the first,
-whose files pfsmount fetched while the previous datum ran.
+The cache rows: the 1 GiB object, and the 2,000 small objects, read again by a new process
+from a `--cache-dir` the first run filled, side by side with the FUSE receive thread (the
+default: it reads cached chunks itself), the trio loop (`PFSMOUNT_FAST=0`) and the chunk files
+read directly (the floor); a 64 MiB object every datum of a cross reads; small-file datums
+after the first, whose files pfsmount fetched while the previous datum ran.
 """
 
 from __future__ import annotations
@@ -73,6 +75,12 @@ def _cache_rows(ctx: Context, env: Mapping[str, str]) -> dict[str, Any]:
     shutil.rmtree(cache_dir, ignore_errors=True)
     with_dir = ["--cache-dir", str(cache_dir), "--cache-size", "2G"]
     _pfsmount(ctx, "s3-cache-fill", "big", ["seq", "/pfs/big/blob"], env, with_dir)
+    python = {**env, "PFSMOUNT_FAST": "0"}
+    reread_python, _ = _pfsmount(ctx, "s3-cache-reread-trio", "big", ["seq", "/pfs/big/blob"],
+                                 python, with_dir)
+    direct = _tool(ctx, "s3-cache-direct", ["read", "chunks", str(cache_dir)],
+                   {**env, "BENCH_DIRECT": "1"})
+    small = _small_rereads(ctx, env)
     proxy = _CountingProxy(BASE_PORT + 4)
     try:
         proxied = _aws_env(proxy.endpoint)
@@ -89,8 +97,28 @@ def _cache_rows(ctx: Context, env: Mapping[str, str]) -> dict[str, Any]:
     ahead, _ = _pfsmount(ctx, "s3-ahead", "small", ["datums", "/pfs/small", "0.3"], env,
                          glob="/*")
     return {"reread_mb_per_s": reread["bytes"] / reread["seconds"] / 1e6,
+            "reread_trio_mb_per_s": reread_python["bytes"] / reread_python["seconds"] / 1e6,
+            "reread_direct_mb_per_s": direct["bytes"] / direct["seconds"] / 1e6,
+            "small_reread": small,
             "reread_server_bytes": reread_sent,
             "shared": shared, "shared_server_bytes": shared_sent, "ahead": ahead}
+
+
+def _small_rereads(ctx: Context, env: Mapping[str, str]) -> dict[str, float]:
+    """The small objects walked and read from a filled --cache-dir: files/s per reader."""
+    cache_dir = ctx.work / "s3-cache-small"
+    shutil.rmtree(cache_dir, ignore_errors=True)
+    with_dir = ["--cache-dir", str(cache_dir), "--cache-size", "2G"]
+    _pfsmount(ctx, "s3-small-fill", "small", ["walk", "/pfs/small"], env, with_dir)
+    rates = {}
+    for name, extra_env in (("trio", {"PFSMOUNT_FAST": "0"}), ("fast", {})):
+        got, _ = _pfsmount(ctx, f"s3-small-reread-{name}", "small", ["walk", "/pfs/small"],
+                           {**env, **extra_env}, with_dir)
+        rates[name] = got["files"] / got["seconds"]
+    got = _tool(ctx, "s3-small-direct", ["read", "chunks", str(cache_dir)],
+                {**env, "BENCH_DIRECT": "1"})
+    rates["direct"] = got["files"] / got["seconds"]
+    return rates
 
 
 def _aws_env(endpoint: str) -> dict[str, str]:
@@ -269,9 +297,19 @@ def _cache_table(r: Mapping[str, Any]) -> list[list[str]]:
     ahead = c["ahead"]
     rate = [d["files"] / d["seconds"] for d in ahead]
     later = sorted(rate[1:])[len(rate[1:]) // 2] if len(rate) > 1 else float("nan")
-    return [
+    rows = [
         [f"{r['bytes'] / (1 << 30):.2f} GiB re-read by a new run from --cache-dir",
-         f"{c['reread_mb_per_s']:.0f} MB/s", f"{c['reread_server_bytes'] / mib:.2f}"],
+         f"{c['reread_mb_per_s']:.0f} MB/s", f"{c['reread_server_bytes'] / mib:.2f}"]]
+    if "reread_trio_mb_per_s" in c:
+        rows.append(["  same: trio loop (PFSMOUNT_FAST=0) / chunk files read directly",
+                     f"{c['reread_trio_mb_per_s']:.0f} / {c['reread_direct_mb_per_s']:.0f} MB/s",
+                     ""])
+        s = c["small_reread"]
+        rows.append([f"{r['small_files']} x 16 KiB re-read from --cache-dir: receive thread / "
+                     "trio loop / chunk files directly",
+                     f"{s['fast']:.0f} / {s['trio']:.0f} / {s['direct']:.0f} files/s", ""])
+    return [
+        *rows,
         [f"64 MiB file read by each of {len(shared)} cross datums",
          f"first {first * 1000:.0f} ms, others median "
          f"{sorted(rest)[len(rest) // 2] * 1000 if rest else float('nan'):.0f} ms",

@@ -11,8 +11,10 @@ handler that changes the directory, dropped when it goes or its datum ends), and
 of a view's file
 in a local repo: the thread opens it itself, exactly as `LocalRepo.open_file` would (beneath
 the repo directory, through no symlink, only if it is the listed file; anything else goes to
-Python, which says what is wrong). Everything else is queued, unchanged, for the trio loop,
-which handles it exactly as before.
+Python, which says what is wrong). READs of an S3 object whose chunks are in `--cache-dir`
+are answered the same way, from the chunk files (patch 5; a chunk not there yet goes to
+Python, which fetches it). Everything else is queued, unchanged, for the trio loop, which
+handles it exactly as before.
 
 Invariants the callers keep: only attributes nothing changes behind pfsmount's back are
 registered (a view's; an output directory's, re-registered by the handler that changes it,
@@ -38,8 +40,9 @@ FAST_ENV = "PFSMOUNT_FAST"  # "0": receive every request on the trio thread
 
 
 def fast_path_possible() -> bool:
-    """Whether this pyfuse3 has the receive thread (patch ≥ 4) and it is not turned off."""
-    return getattr(pyfuse3, "PFSMOUNT_PATCH", 0) >= 4 and os.environ.get(FAST_ENV) != "0"
+    """Whether this pyfuse3 has the receive thread as pfsmount drives it (patch ≥ 5: chunked
+    sources) and it is not turned off."""
+    return getattr(pyfuse3, "PFSMOUNT_PATCH", 0) >= 5 and os.environ.get(FAST_ENV) != "0"
 
 
 class FastPath:
@@ -55,27 +58,31 @@ class FastPath:
     def attr(self, inode: int, attr: pyfuse3.EntryAttributes,
              origin: tuple[RepoSource, Entry] | None = None) -> None:
         """GETATTR of `inode` is answered with `attr` until `drop`: `inode` never changes.
-        With the `origin` of a regular file, its first READ may open it (local repos)."""
-        root = self._root(origin[0]) if origin is not None else -1
-        if root < 0 or origin is None or not stat.S_ISREG(origin[1].mode):
+        With the `origin` of a regular file, its READs may be answered from its bytes on this
+        machine (`RepoSource.local_bytes`: a local repo's file, cached S3 chunks)."""
+        where = None
+        if origin is not None and stat.S_ISREG(origin[1].mode):
+            root = self._root(origin[0])
+            if root >= 0:
+                where = origin[0].local_bytes(origin[1])
+        if where is None:
             pyfuse3.pfsmount_fast_attr(inode, attr)
             return
-        entry = origin[1]
-        pyfuse3.pfsmount_fast_attr(inode, attr, root, os.fsencode(entry.path.lstrip("/")),
-                                   entry.dev, entry.ino)
+        pyfuse3.pfsmount_fast_attr(inode, attr, root, os.fsencode(where.path), where.dev,
+                                   where.ino, where.chunk)
 
     def _root(self, repo: RepoSource) -> int:
         known = self._roots.get(id(repo))
         if known is not None:
             return known[1]
         root = -1
-        root_fd = getattr(repo, "root_fd", None)  # local repos: their files are on this disk
-        if root_fd is not None:
-            try:
-                root = pyfuse3.pfsmount_fast_root(root_fd())
-            except OSError as exc:
-                # Its files are opened by Python, which reports what is wrong with them.
-                log.debug("repo %s: files not opened by the receive thread: %s", repo.name, exc)
+        try:
+            fd = repo.local_root()
+            if fd >= 0:
+                root = pyfuse3.pfsmount_fast_root(fd)
+        except OSError as exc:
+            # Its files are read by Python, which reports what is wrong with them.
+            log.debug("repo %s: files not read by the receive thread: %s", repo.name, exc)
         self._roots[id(repo)] = (repo, root)
         return root
 

@@ -364,6 +364,7 @@ class PfsOperations(pyfuse3.Operations):
             if origin is not None:
                 self.stats.content_opens += 1
                 self.stats.files_opened.add(origin[0].source(origin[1].path))
+                origin[0].read_elsewhere(origin[1])
 
     def _reap_outs(self) -> None:
         if len(self._out_fds):

@@ -4,7 +4,8 @@
   and for the cache rows model/weights (64 MiB) and items/N (8 tiny objects).
 - `floor BUCKET KEY`: read one object with plain parallel 8 MiB ranged GETs (the floor).
 - `floor-small BUCKET PREFIX`: list a prefix and GET every object, 16 in parallel.
-- `read MODE ...` (under pfsmount run): `seq PATH`, `walk DIR`, `at PATH OFFSET SIZE`;
+- `read MODE ...` (under pfsmount run): `seq PATH`, `walk DIR`, `at PATH OFFSET SIZE`,
+  `chunks DIR` (with BENCH_DIRECT: every file below DIR in chunk order);
   `shared PATH` and `datums DIR WORK_SECONDS` record every datum (a list of records).
 
 Endpoint and credentials come from the standard AWS env vars. Each writes one JSON object to
@@ -110,6 +111,14 @@ def read(mode: str, args: list[str]) -> None:
                     with open(os.path.join(dirpath, name), "rb") as f:
                         total += len(f.read())
                     files += 1
+        elif mode == "chunks":  # pfsmount's --cache-dir read directly: the floor of a re-read
+            chunks = [os.path.join(d, n) for d, _dirs, names in os.walk(args[0]) for n in names]
+            chunks.sort(key=lambda p: (p.rsplit(".", 1)[0], int(p.rsplit(".", 1)[1])))
+            for path in chunks:
+                with open(path, "rb", buffering=0) as f:
+                    while chunk := f.read(MIB):
+                        total += len(chunk)
+            files = len(chunks)
         elif mode == "at":
             with open(args[0], "rb", buffering=0) as f:
                 f.seek(int(args[1]))

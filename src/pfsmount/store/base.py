@@ -23,6 +23,7 @@ from pfsmount.names import FS_ENCODING, FS_ERRORS
 
 __all__ = [
     "Entry",
+    "LocalBytes",
     "Reader",
     "RepoListing",
     "RepoSource",
@@ -70,6 +71,22 @@ class Entry(NamedTuple):
     @property
     def is_symlink(self) -> bool:
         return stat.S_ISLNK(self.mode)
+
+
+class LocalBytes(NamedTuple):
+    """Where a listed file's bytes already are on this machine, for a reader outside Python
+    (the FUSE receive thread, fastpath.py): beneath the repo's `local_root` directory, never
+    through a symlink.
+
+    Either the file `path` itself, which must still be the listed one (`dev`, `ino`), or, with
+    `chunk`, the files `path.0`, `path.1`, ... of `chunk` bytes each (the last one shorter),
+    each written whole and never changed once there (a cache of a remote store's bytes).
+    """
+
+    path: str
+    dev: int = 0
+    ino: int = 0
+    chunk: int = 0
 
 
 class Reader(Protocol):
@@ -138,6 +155,20 @@ class RepoSource(abc.ABC):
         """Start fetching these (small) files into the store's cache in the background, for a
         datum about to be shown; None when reads are local anyway. Never blocks."""
         return None
+
+    def local_root(self) -> int:
+        """A directory fd, held open by the repo, that every `local_bytes` path is beneath;
+        -1 when no file's bytes are on this machine."""
+        return -1
+
+    def local_bytes(self, entry: Entry) -> LocalBytes | None:
+        """Where the listed regular file `entry`'s bytes are (or will be) on this machine for a
+        reader that checks what it finds there; None if nowhere."""
+        return None
+
+    def read_elsewhere(self, entry: Entry) -> None:
+        """A reader outside Python read `entry` from its `local_bytes` (a cache: still used)."""
+        return None  # a repo's own files need no bookkeeping
 
 
 class RepoListing(RepoSource):

@@ -7,7 +7,9 @@ piece of exactly the listed content: a changed object is never served from eithe
 `DiskCache` (`--cache-dir DIR`) keeps chunks as files, one per chunk, written to a temporary
 name and renamed into place, so a reader (this process or another one sharing DIR) sees a
 whole chunk or none. It survives across runs when DIR does, and evicts the least recently
-used chunks once it holds more than its budget (`--cache-size`).
+used chunks once it holds more than its budget (`--cache-size`). Since a chunk file never
+changes once in place, the FUSE receive thread reads cached chunks itself (fastpath.py);
+`touch` tells the cache those were used.
 """
 
 from __future__ import annotations
@@ -133,6 +135,7 @@ class DiskCache:
         self._backlog = 0
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="s3-cache-write")
         os.makedirs(self.root, mode=0o700, exist_ok=True)
+        self._root_fd = -1
         self._scan()
 
     def _scan(self) -> None:
@@ -156,10 +159,35 @@ class DiskCache:
             self.size += size
         self._evict()
 
+    def prefix(self, key: str, etag: str) -> str:
+        """Where the chunks of one object are, relative to `root`: `prefix.N` is chunk N."""
+        h = hashlib.sha256(f"{self._scope}\0{key}\0{etag}".encode()).hexdigest()[:40]
+        return f"{h[:2]}/{h}"
+
     def path(self, k: ChunkKey) -> str:
         key, etag, index = k
-        h = hashlib.sha256(f"{self._scope}\0{key}\0{etag}".encode()).hexdigest()[:40]
-        return os.path.join(self.root, h[:2], f"{h}.{index}")
+        return os.path.join(self.root, f"{self.prefix(key, etag)}.{index}")
+
+    def root_fd(self) -> int:
+        """The cache directory, held open: readers outside Python open chunks beneath it."""
+        with self._lock:
+            if self._root_fd < 0:
+                self._root_fd = os.open(self.root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            return self._root_fd
+
+    def touch(self, key: str, etag: str, chunks: int) -> None:
+        """An object's chunks were read outside this cache (the receive thread): what of them
+        is here is the most recently used, now and for the next run's scan."""
+        prefix = os.path.join(self.root, self.prefix(key, etag))
+        used = []
+        with self._lock:
+            for index in range(chunks):
+                path = f"{prefix}.{index}"
+                if path in self._files:
+                    self._files.move_to_end(path)
+                    used.append(path)
+        if used:
+            self._writer.submit(_touch_files, used)
 
     def get(self, k: ChunkKey, length: int) -> memoryview | None:
         """The chunk if it is here whole (exactly `length` bytes), else None."""
@@ -229,3 +257,9 @@ class DiskCache:
     def flush(self) -> None:
         """Wait for the writes queued so far (tests, and a clean end of a run)."""
         self._writer.submit(lambda: None).result()
+
+
+def _touch_files(paths: list[str]) -> None:
+    for path in paths:
+        with contextlib.suppress(OSError):  # evicted meanwhile, by us or another process
+            os.utime(path)

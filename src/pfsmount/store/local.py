@@ -22,7 +22,14 @@ import stat
 from collections.abc import Iterator
 
 from pfsmount import _linux
-from pfsmount.store.base import Entry, RepoListing, RepoSource, StoreError, digest_entries
+from pfsmount.store.base import (
+    Entry,
+    LocalBytes,
+    RepoListing,
+    RepoSource,
+    StoreError,
+    digest_entries,
+)
 
 __all__ = ["DEFAULT_PROJECT", "Entry", "LocalRepo", "RepoIndex", "StoreError", "open_repo",
            "open_stream", "repo_location"]
@@ -53,6 +60,12 @@ class _LocalFiles:
     def root_fd(self) -> int:
         """The repo directory, held open: every input is opened beneath it (see open_file)."""
         return self._root_fd if self._root_fd >= 0 else self._open_root()
+
+    def local_root(self) -> int:
+        return self.root_fd()
+
+    def local_bytes(self, entry: Entry) -> LocalBytes:
+        return LocalBytes(entry.path.lstrip("/"), entry.dev, entry.ino)
 
     def open_file(self, entry: Entry) -> int:
         """Open the listed regular file `entry` read-only, never through a symlink.

@@ -33,7 +33,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from pfsmount.store.base import Entry, RepoListing, RepoSource, StoreError, digest_entries
+from pfsmount.store.base import (
+    Entry,
+    LocalBytes,
+    RepoListing,
+    RepoSource,
+    StoreError,
+    digest_entries,
+)
 from pfsmount.store.cache import CacheSettings, ChunkCache, ChunkKey, DiskCache
 from pfsmount.store.local import DEFAULT_PROJECT, check_repo_name, repo_location
 from pfsmount.store.s3list import PageLister
@@ -402,15 +409,34 @@ class _ObjectFiles:
     def source(self, path: str) -> str:
         return self.root + path.lstrip("/")
 
+    def _key(self, entry: Entry) -> str:
+        return self._prefix + entry.path.lstrip("/")
+
     def open_reader(self, entry: Entry) -> ObjectReader:
         # Nothing is fetched: opening a file must not cost a round trip.
-        return ObjectReader(self.bucket, self._prefix + entry.path.lstrip("/"), entry.size,
-                            entry.etag)
+        return ObjectReader(self.bucket, self._key(entry), entry.size, entry.etag)
+
+    def local_root(self) -> int:
+        disk = self.bucket.disk
+        return disk.root_fd() if disk is not None else -1
+
+    def local_bytes(self, entry: Entry) -> LocalBytes | None:
+        # The object's chunks in --cache-dir, once fetched; keyed by the listed ETag, so what
+        # is there is the listed content.
+        disk = self.bucket.disk
+        if disk is None:
+            return None
+        return LocalBytes(disk.prefix(self._key(entry), entry.etag), chunk=CHUNK)
+
+    def read_elsewhere(self, entry: Entry) -> None:
+        if self.bucket.disk is not None:
+            self.bucket.disk.touch(self._key(entry), entry.etag,
+                                   (entry.size + CHUNK - 1) // CHUNK)
 
     def read_failure(self, entry: Entry) -> str:
         if not self.bucket.changed:
             return ""
-        return self.bucket.changed.get((self._prefix + entry.path.lstrip("/"), entry.etag), "")
+        return self.bucket.changed.get((self._key(entry), entry.etag), "")
 
     def warm(self, entries: Sequence[Entry]) -> Warming:
         # Never more than a quarter of the memory cache: warming must not evict what the
