@@ -52,6 +52,25 @@ async def test_an_old_view_lives_until_the_kernel_forgets_it(views) -> None:
     assert fs.live_views == 1  # freed once the kernel let go of it
 
 
+async def test_a_swap_drops_the_roots_attributes_and_no_name(views) -> None:
+    fs, (first, second), (out1, out2) = views
+
+    class Recorder:
+        """The notifier's whole interface: a name drop would be an AttributeError."""
+
+        def __init__(self) -> None:
+            self.dropped: list[int] = []
+
+        def drop_attributes(self, inode: int) -> None:
+            self.dropped.append(inode)
+
+    fs.notifier = recorder = Recorder()  # type: ignore[assignment]
+    fs.show(first, out1)
+    await fs.lookup(ROOT, b"in", CTX)
+    fs.show(second, out2)
+    assert recorder.dropped == [ROOT, ROOT]
+
+
 async def test_root_listing_is_one_datum_and_empty_between_jobs(views) -> None:
     fs, (first, _), (out1, _) = views
     fs.show(first, out1)

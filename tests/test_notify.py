@@ -1,4 +1,4 @@
-"""The kernel notifier: ordered, off the trio thread, and silent once closed."""
+"""The kernel notifier: ordered, off the trio thread, silent once closed, and never a name drop."""
 
 from __future__ import annotations
 
@@ -12,23 +12,21 @@ from pfsmount.notify import KernelNotifier
 
 def test_close_discards_what_is_queued_and_stops_the_thread(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    sent: list[tuple[int, object]] = []
+    sent: list[int] = []
     first_sent = threading.Event()
     release = threading.Event()
 
-    def invalidate_entry(inode: int, name: bytes) -> None:
-        sent.append((inode, name))
+    def invalidate_inode(inode: int, attr_only: bool) -> None:
+        assert attr_only
+        sent.append(inode)
         first_sent.set()
         release.wait(5)  # a notification the kernel is slow to take
 
-    monkeypatch.setattr(notify.pyfuse3, "invalidate_entry", invalidate_entry)
-    monkeypatch.setattr(notify.pyfuse3, "invalidate_inode",
-                        lambda inode, attr_only: sent.append((inode, "attrs")))
+    monkeypatch.setattr(notify.pyfuse3, "invalidate_inode", invalidate_inode)
     n = KernelNotifier()
-    n.drop_name(1, b"a")
-    assert first_sent.wait(5)
-    n.drop_name(1, b"b")
     n.drop_attributes(1)
+    assert first_sent.wait(5)
+    n.drop_attributes(2)
     closer = threading.Thread(target=n.close)
     closer.start()
     release.set()
@@ -36,34 +34,33 @@ def test_close_discards_what_is_queued_and_stops_the_thread(
     assert not closer.is_alive()
     # Only the one already in flight went out: after close the mount is going away, and a
     # late notification would only make the kernel answer EINVAL.
-    assert sent == [(1, b"a")]
-    n.drop_name(1, b"c")
-    n.drop_attributes(1)
-    assert sent == [(1, b"a")]
+    assert sent == [1]
+    n.drop_attributes(3)
+    assert sent == [1]
 
 
 def test_notifications_go_out_in_order_and_errors_are_not_fatal(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    sent: list[tuple[int, object]] = []
+    sent: list[int] = []
     done = threading.Event()
 
-    def invalidate_entry(inode: int, name: bytes) -> None:
-        sent.append((inode, name))
-        if name == b"gone":
-            raise FileNotFoundError(2, "no such entry")
-        if name == b"bad":
+    def invalidate_inode(inode: int, attr_only: bool) -> None:
+        sent.append(inode)
+        if inode == 2:
+            raise FileNotFoundError(2, "no such inode")
+        if inode == 3:
             raise OSError(22, "Invalid argument")
-        if name == b"last":
+        if inode == 5:
             done.set()
 
+    def invalidate_entry(inode: int, name: bytes) -> None:
+        raise AssertionError("a name drop can deadlock a dying pfsmount (fs.py, show)")
+
+    monkeypatch.setattr(notify.pyfuse3, "invalidate_inode", invalidate_inode)
     monkeypatch.setattr(notify.pyfuse3, "invalidate_entry", invalidate_entry)
-    monkeypatch.setattr(notify.pyfuse3, "invalidate_inode",
-                        lambda inode, attr_only: sent.append((inode, "attrs")))
     n = KernelNotifier()
-    for name in (b"gone", b"bad", b"x"):
-        n.drop_name(1, name)
-    n.drop_attributes(1)
-    n.drop_name(1, b"last")
+    for inode in (1, 2, 3, 4, 5):
+        n.drop_attributes(inode)
     assert done.wait(5)
     n.close()
-    assert sent == [(1, b"gone"), (1, b"bad"), (1, b"x"), (1, "attrs"), (1, b"last")]
+    assert sent == [1, 2, 3, 4, 5]

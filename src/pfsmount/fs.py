@@ -256,7 +256,6 @@ class PfsOperations(pyfuse3.Operations):
         """Make worker `worker`'s /pfs present `view` and `out` from the next request on."""
         slot = self._workers[worker]
         old = slot.view
-        stale = list(old.top) + ([OUT] if slot.out is not None else [])
         self._add_view(view)
         if out is not None:
             self._live.outs.append(out)
@@ -276,17 +275,13 @@ class PfsOperations(pyfuse3.Operations):
         self._reap_view(old)
         self._reap_outs()
         if self.notifier is not None:
-            # Not needed for correctness (root names are cached only within an epoch, or not
-            # at all), but dropping the old names now lets the kernel forget the old view's
-            # inodes without waiting for the next walk. With epochs that happens at the next
-            # LOOKUP of the name anyway, and a name drop can deadlock a dying pfsmount: the
-            # kernel takes the root's lock for it, uninterruptibly, behind a LOOKUP that no
-            # thread is left to answer, so the process never exits (seen under kill -9).
-            # The root's attributes are cached and its mtime changes here; until the drop
-            # lands, a stat may show the old mtime.
-            if self.epoch is None:
-                for name in stale:
-                    self.notifier.drop_name(slot.inode, name)
+            # No name drops: root names are cached only within an epoch, or not at all, so
+            # the next LOOKUP of a name drops its old dentry (and the old view's inode). A
+            # drop would save one LOOKUP per name and datum without epochs, but can deadlock
+            # a dying pfsmount: the kernel takes the root's lock for it, uninterruptibly,
+            # behind a LOOKUP no thread is left to answer, so the process never exits (seen
+            # under kill -9). The root's attributes are cached and its mtime changes here;
+            # until this drop lands, a stat may show the old mtime.
             self.notifier.drop_attributes(slot.inode)
 
     def seal(self, tree: OutTree) -> None:
