@@ -100,6 +100,10 @@ def run(token):
     want = os.stat(src)
     result["bytes_ok"] = first == again[:len(first)] == open(src, "rb").read()
     result["tail_ok"] = tail == first[-10:] and past == b""
+    # A name missing from a view directory: asked once, then a negative entry of the kernel's.
+    before = calls["lookup"]
+    result["absent"] = [os.path.exists(os.path.join(mnt, "in", "a", "nope")) for _ in range(5)]
+    result["absent_lookups"] = calls["lookup"] - before
     result["stat_ok"] = (st.st_size, st.st_mode, st.st_mtime_ns) == (
         want.st_size, want.st_mode, want.st_mtime_ns)
     # WRITE: a file made by CREATE, written at offsets, read back from the server.
@@ -211,6 +215,7 @@ def test_the_receive_thread_answers_as_the_handlers_would(tmp_path: Path) -> Non
     # Same bytes, attributes and EOF as the handlers give; none of them reached Python, not
     # even the first READ (the thread opened the file).
     assert got["bytes_ok"] and got["tail_ok"] and got["stat_ok"], got
+    assert got["absent"] == [False] * 5 and got["absent_lookups"] == 1, got
     assert got["read_python"] == 0 and stats["read"] >= 3 and stats["opens"] >= 1, got
     assert got["getattr_python"] == 0 and stats["getattr"] >= 1, got
     assert got["write_python"] == 0 and stats["write"] >= 3, got

@@ -554,7 +554,12 @@ class PfsOperations(pyfuse3.Operations):
                 raise pyfuse3.FUSEError(errno.ENOTDIR)
             child = node.children.get(name)
             if child is None:
-                raise pyfuse3.FUSEError(errno.ENOENT)
+                # A view never changes, so the kernel may remember the name is absent (a
+                # negative entry: user code probing for optional files asks once per datum).
+                absent = pyfuse3.EntryAttributes()
+                absent.st_ino = 0
+                absent.entry_timeout = VIEW_TIMEOUT
+                return absent
             view.lookups += 1
             return self._node_attr(child, view.node(child), at_root=False)
         tree = self._out_of(parent_inode)
