@@ -39,8 +39,8 @@ MIB = 1 << 20
 SIZE = 3 * MIB + 12345  # ends mid-page, so the last READ is short
 spliced = pytest.mark.skipif(getattr(pyfuse3, "PFSMOUNT_PATCH", 0) < 3,
                              reason="needs pfsmount's patched pyfuse3 ≥ 3 (scripts/setup)")
-fast = pytest.mark.skipif(getattr(pyfuse3, "PFSMOUNT_PATCH", 0) < 5,
-                          reason="needs pfsmount's patched pyfuse3 ≥ 5 (scripts/setup)")
+fast = pytest.mark.skipif(getattr(pyfuse3, "PFSMOUNT_PATCH", 0) < 6,
+                          reason="needs pfsmount's patched pyfuse3 ≥ 6 (scripts/setup)")
 
 USER_CODE = """
     import json, os, time

@@ -20,8 +20,8 @@ import pytest
 from pfsmount import fastpath
 from support import PY, needs_fuse, write_tree
 
-patched = pytest.mark.skipif(getattr(pyfuse3, "PFSMOUNT_PATCH", 0) < 5,
-                             reason="needs pfsmount's patched pyfuse3 ≥ 5 (scripts/setup)")
+patched = pytest.mark.skipif(getattr(pyfuse3, "PFSMOUNT_PATCH", 0) < 6,
+                             reason="needs pfsmount's patched pyfuse3 ≥ 6 (scripts/setup)")
 
 PROBE = r"""
 import collections, errno, json, os, stat, sys
@@ -30,7 +30,7 @@ from pfsmount.datums import expand, open_repos
 from pfsmount.fs import ROOT, PfsOperations
 from pfsmount.outdir import OutTree
 from pfsmount.spec import PfsInput
-from pfsmount.view import build_view
+from pfsmount.view import build_view, empty_view
 from fuseprobe import serve_while
 
 data, mnt, staging = sys.argv[1], sys.argv[2], sys.argv[3]
@@ -43,8 +43,8 @@ class Counting(PfsOperations):
         return await super().getattr(inode, ctx)
 
     async def lookup(self, parent, name, ctx):
-        if parent != ROOT:  # root names: no epochs here (not probed), asked at every walk
-            calls["lookup"] += 1
+        # Root names: no epochs here (not probed), asked at every walk.
+        calls["lookup" if parent != ROOT else "root_lookup"] += 1
         return await super().lookup(parent, name, ctx)
 
     async def read(self, fh, off, size, inode=0):
@@ -73,8 +73,9 @@ def run(token):
     trees = []
 
     def show(i):
-        os.makedirs(os.path.join(staging, str(i)))
-        tree = OutTree(os.path.join(staging, str(i)), fs.inodes)
+        where = os.path.join(staging, str(len(trees)))  # datum 0's is staging/0
+        os.makedirs(where)
+        tree = OutTree(where, fs.inodes)
         trees.append(tree)
         fs.show(build_view(datums[i], repos, b"K=V\n", fs.inodes), tree)
 
@@ -181,6 +182,19 @@ def run(token):
         except OSError as exc:
             result["swapped"].append(errno.errorcode[exc.errno])
     result["swapped_python"] = calls["read"] - before
+    # A root name that is not the datum's: ENOENT from the thread; one that is goes to Python.
+    # Between datums (the empty view) every name is absent; the next datum's are there again.
+    roots = lambda: [os.path.exists(os.path.join(mnt, n)) for n in ("nope", "in", "out", ".env")]
+    result["roots"] = roots()
+    before = calls["root_lookup"]
+    result["nope"] = [os.path.exists(os.path.join(mnt, "nope")) for _ in range(5)]
+    result["nope_python"] = calls["root_lookup"] - before
+    sync(lambda: fs.show(empty_view(fs.inodes), None))
+    before = calls["root_lookup"]
+    result["roots_between"] = roots()
+    result["roots_between_python"] = calls["root_lookup"] - before
+    sync(show, 1)
+    result["roots_again"] = roots()
     result["input_files"] = fs.input_files
     result["stats"] = pyfuse3.pfsmount_fast_stats()
     result["input_bytes"] = fs.input_bytes
@@ -231,6 +245,10 @@ def test_the_receive_thread_answers_as_the_handlers_would(tmp_path: Path) -> Non
     # A file replaced, or replaced by a symlink, after the listing: an I/O error, from Python.
     assert got["swapped"] == ["EIO", "EIO"] and got["swapped_python"] >= 2, got
     # The job's input counts include what the thread opened and read.
+    assert got["roots"] == [False, True, True, True], got
+    assert got["nope"] == [False] * 5 and got["nope_python"] == 0, got
+    assert got["roots_between"] == [False] * 4 and got["roots_between_python"] == 0, got
+    assert got["roots_again"] == [False, True, True, True], got
     assert got["input_files"] == 2, got  # a/f.bin and b/f.bin
     assert stats["bytes_read"] >= 200000, got
     assert got["input_bytes"] == got["python_bytes"] + stats["bytes_read"], got
@@ -238,10 +256,10 @@ def test_the_receive_thread_answers_as_the_handlers_would(tmp_path: Path) -> Non
 
 def test_the_thread_follows_the_build_and_the_switch(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv(fastpath.FAST_ENV, raising=False)
-    monkeypatch.setattr(pyfuse3, "PFSMOUNT_PATCH", 5, raising=False)
+    monkeypatch.setattr(pyfuse3, "PFSMOUNT_PATCH", 6, raising=False)
     assert fastpath.fast_path_possible()
     monkeypatch.setenv(fastpath.FAST_ENV, "0")
     assert not fastpath.fast_path_possible()
     monkeypatch.delenv(fastpath.FAST_ENV)
-    monkeypatch.setattr(pyfuse3, "PFSMOUNT_PATCH", 4)
-    assert not fastpath.fast_path_possible()  # a build without chunked sources
+    monkeypatch.setattr(pyfuse3, "PFSMOUNT_PATCH", 5)
+    assert not fastpath.fast_path_possible()  # a build without a root's names

@@ -20,8 +20,8 @@ import pytest
 from s3server import S3Server
 from support import PY, needs_fuse
 
-patched = pytest.mark.skipif(getattr(pyfuse3, "PFSMOUNT_PATCH", 0) < 5,
-                             reason="needs pfsmount's patched pyfuse3 ≥ 5 (scripts/setup)")
+patched = pytest.mark.skipif(getattr(pyfuse3, "PFSMOUNT_PATCH", 0) < 6,
+                             reason="needs pfsmount's patched pyfuse3 ≥ 6 (scripts/setup)")
 
 MIB = 1 << 20
 

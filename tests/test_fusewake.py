@@ -39,7 +39,7 @@ def _wait_for(path: Path, timeout: float = 30.0) -> None:
 @pytest.mark.parametrize(("fast_path", "read_call"), [
     pytest.param("0", "fuse_session_receive_buf", id="trio-loop"),
     pytest.param("1", "splice", id="receive-thread", marks=pytest.mark.skipif(
-        getattr(pyfuse3, "PFSMOUNT_PATCH", 0) < 5, reason="needs the patched pyfuse3 ≥ 5")),
+        getattr(pyfuse3, "PFSMOUNT_PATCH", 0) < 6, reason="needs the patched pyfuse3 ≥ 6")),
 ])
 def test_a_withdrawn_request_does_not_hang_the_job(tmp_path: Path, mnt: Path, fast_path: str,
                                                    read_call: str) -> None:

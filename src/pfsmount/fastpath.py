@@ -1,4 +1,4 @@
-"""The receive thread of pfsmount's patched pyfuse3 (≥ 4): requests answered without Python.
+"""The receive thread of pfsmount's patched pyfuse3 (≥ 6): requests answered without Python.
 
 pyfuse3 receives every FUSE request on the trio thread; the wakeup, the scheduler pass and the
 Python handler cost ~25 µs a request, against ~6 µs for the kernel's part. Most requests of a
@@ -7,7 +7,8 @@ answers those at the kernel's pace: the IOCTL Python's `open()` sends (isatty), 
 inode registered with `attr` (a view's: views never change), READ and WRITE without a handle
 (no_open) of an inode whose fds are registered with `fds`, GETATTR of an /pfs/out directory
 and LOOKUP of a name missing from it (registered with `attr` and `directory`, refreshed by every
-handler that changes the directory, dropped when it goes or its datum ends), and the first READ
+handler that changes the directory, dropped when it goes or its datum ends), LOOKUP of a name
+that is not one of a /pfs root's (`names`, set at every swap), and the first READ
 of a view's file
 in a local repo: the thread opens it itself, exactly as `LocalRepo.open_file` would (beneath
 the repo directory, through no symlink, only if it is the listed file; anything else goes to
@@ -29,6 +30,7 @@ from __future__ import annotations
 import logging
 import os
 import stat
+from collections.abc import Iterable
 
 import pyfuse3
 
@@ -40,9 +42,9 @@ FAST_ENV = "PFSMOUNT_FAST"  # "0": receive every request on the trio thread
 
 
 def fast_path_possible() -> bool:
-    """Whether this pyfuse3 has the receive thread as pfsmount drives it (patch ≥ 5: chunked
-    sources) and it is not turned off."""
-    return getattr(pyfuse3, "PFSMOUNT_PATCH", 0) >= 5 and os.environ.get(FAST_ENV) != "0"
+    """Whether this pyfuse3 has the receive thread as pfsmount drives it (patch ≥ 6: chunked
+    sources, a root's names) and it is not turned off."""
+    return getattr(pyfuse3, "PFSMOUNT_PATCH", 0) >= 6 and os.environ.get(FAST_ENV) != "0"
 
 
 class FastPath:
@@ -99,6 +101,11 @@ class FastPath:
         """LOOKUPs below `inode` of names missing from directory `fd` (copied) are answered
         ENOENT by the thread until `drop` (an /pfs/out directory: what its lookup answers)."""
         pyfuse3.pfsmount_fast_dir(inode, fd)
+
+    def names(self, inode: int, names: Iterable[bytes]) -> None:
+        """Directory `inode` holds exactly `names` from now on: the thread answers a LOOKUP of
+        any other name ENOENT (a root of /pfs, set at each swap)."""
+        pyfuse3.pfsmount_fast_names(inode, names)
 
     def withdraw(self, inode: int) -> None:
         """Before `inode`'s fds are closed."""

@@ -260,6 +260,11 @@ class PfsOperations(pyfuse3.Operations):
         if out is not None:
             self._live.outs.append(out)
         slot.view, slot.out = view, out
+        if self.fast is not None:
+            # Exactly what `_lookup_root` finds: any other name is the thread's ENOENT. Until
+            # this lands a LOOKUP may still be answered by the old datum's names, as any
+            # request racing NextDatum may.
+            self.fast.names(slot.inode, [*view.top, *([OUT] if out is not None else [])])
         slot.mtime_ns = time.time_ns()
         old.retired = True
         if self.epoch is not None:
