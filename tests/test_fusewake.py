@@ -36,6 +36,21 @@ def _wait_for(path: Path, timeout: float = 30.0) -> None:
         time.sleep(0.05)
 
 
+def _wait_until_traced_and_running(pid: int, tracer: int, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        assert time.monotonic() < deadline, "gdb did not attach and continue pfsmount"
+        states = []
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/status") as f:
+                fields = dict(line.split(":", 1) for line in f if ":" in line)
+            states.append((fields["TracerPid"].strip(), fields["State"].split()[0]))
+        if all(t == str(tracer) and st != "t" for t, st in states):
+            time.sleep(0.5)  # past `continue`: the breakpoint is inserted before threads run
+            return
+        time.sleep(0.05)
+
+
 @pytest.mark.parametrize(("fast_path", "read_call"), [
     pytest.param("0", "fuse_session_receive_buf", id="trio-loop"),
     pytest.param("1", "splice", id="receive-thread", marks=pytest.mark.skipif(
@@ -62,8 +77,9 @@ def test_a_withdrawn_request_does_not_hang_the_job(tmp_path: Path, mnt: Path, fa
              "-ex", "continue", "-ex", f"shell kill -9 $(cat {requester})", "-ex", "delete",
              "-ex", "detach"],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        # gdb has attached once pfsmount sleeps in ptrace's stop or, continued, in epoll.
-        time.sleep(3)
+        # The breakpoint is in once gdb has attached and continued every thread (a fixed
+        # sleep was too short under load: the stat was answered before the breakpoint).
+        _wait_until_traced_and_running(proc.pid, gdb.pid)
         stat = subprocess.Popen(["sh", "-c", f'echo $$ > {requester}; exec stat {mnt}/nothing'],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         out, _ = gdb.communicate(timeout=60)
