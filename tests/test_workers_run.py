@@ -301,7 +301,8 @@ def test_a_timeout_on_one_worker_runs_err_cmd_in_its_view(tmp_path: Path, mnt: P
         "parallelism_spec": {"constant": 3}, "datum_timeout": "1s", "datum_tries": 1})
     started = time.monotonic()
     result = run_pfsmount(spec, data, mnt, timeout=120)
-    assert result.returncode == 1, result
+    # Failed once in a full run, under load (rc 0 after ~30 s): the whole story if it recurs.
+    assert result.returncode == 1, (result.stderr, datum_states(data, "to"))
     assert time.monotonic() - started < 30
     states = datum_states(data, "to")
     assert states["/slow"] == ("failed", 1), states

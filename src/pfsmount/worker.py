@@ -406,6 +406,9 @@ class Worker:
         self._job = job
         self._lock = trio.Lock()  # this worker's NextDatum calls, one at a time
         self._current: _Current | None = None
+        # Taken from the queue, not yet shown (its view may still be being built): the
+        # worker is not idle, or the job could finish without it.
+        self._taking: DatumRecord | None = None
         self._paused = False
         self._generation = 0
         self.process_calls = 0  # NextDatum calls made by the current user process
@@ -424,7 +427,7 @@ class Worker:
 
     @property
     def idle(self) -> bool:
-        return self._current is None
+        return self._current is None and self._taking is None
 
     def current_attempt(self) -> tuple[DatumRecord, int] | None:
         cur = self._current
@@ -522,7 +525,15 @@ class Worker:
                 raise WorkerGone("the job is over: pfsmount is shutting down")
             if generation != self._generation:
                 raise WorkerGone("this user process is being stopped")
-        env = await self._present(record)
+        self._taking = record
+        try:
+            env = await self._present(record)
+        except BaseException:
+            if self._current is None or self._current.record is not record:
+                job.retry(record)  # never shown: it goes back first in line, not missing
+            raise
+        finally:
+            self._taking = None
         return Reply(env=tuple(f"{k}={v}" for k, v in env), datum_id=record.datum.id)
 
     async def _present(self, record: DatumRecord) -> list[tuple[str, str]]:
