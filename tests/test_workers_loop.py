@@ -290,6 +290,35 @@ async def test_the_job_never_finishes_while_a_worker_prepares_the_last_datum(
     assert loop.count(DatumState.SUCCESS) == 2
 
 
+async def test_a_datum_that_cannot_be_prepared_fails_its_attempts_and_the_job_goes_on(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    loop, _ = _loop(tmp_path, ["a", "b", "c"], tries=2)
+    worker = loop.workers[0]
+    prepare = loop.prepare
+    failures = {"/a": 99, "/b": 1}  # a: never (a full disk); b: once
+
+    def flaky_prepare(record: DatumRecord, on: int):  # type: ignore[no-untyped-def]
+        path = record.datum.inputs[0].path
+        if failures.get(path):
+            failures[path] -= 1
+            raise OSError(28, "No space left on device", "/staging/x")
+        return prepare(record, on)
+
+    monkeypatch.setattr(loop, "prepare", flaky_prepare)
+    loop._prefetch = None
+    seen = []
+    reply = await worker.next_datum("", own_client=True)
+    while not reply.done:
+        seen.append(_env(reply.env)["r"])
+        reply = await worker.next_datum("", own_client=True)
+    assert seen == ["/pfs/r/b", "/pfs/r/c"]  # b on its second attempt; a never shown
+    failed = [r for r in loop.records if r.state is DatumState.FAILED]
+    assert len(failed) == 1 and failed[0].attempts == 2
+    assert "could not prepare the datum's /pfs" in failed[0].error
+    assert "No space left on device" in failed[0].error
+    assert loop.count(DatumState.SUCCESS) == 2 and loop.finished.is_set()
+
+
 async def test_a_paused_worker_stops_waiting_for_work(tmp_path: Path) -> None:
     loop, _ = _loop(tmp_path, ["a"], workers=2)
     w0, w1 = loop.workers

@@ -514,27 +514,53 @@ class Worker:
     async def _advance(self) -> Reply:
         job = self._job
         generation = self._generation
-        while (record := job.queue.take()) is None:
-            self._show_nothing()
-            if job.check_finished():
-                return Reply(env=(), done=True)
-            # Other workers still run datums, and a failed one comes back to the queue:
-            # "no more datums" would be premature, so the call waits.
-            await job.wait_for_work()
-            if job.closed:
-                raise WorkerGone("the job is over: pfsmount is shutting down")
-            if generation != self._generation:
-                raise WorkerGone("this user process is being stopped")
-        self._taking = record
-        try:
-            env = await self._present(record)
-        except BaseException:
-            if self._current is None or self._current.record is not record:
-                job.retry(record)  # never shown: it goes back first in line, not missing
-            raise
-        finally:
-            self._taking = None
-        return Reply(env=tuple(f"{k}={v}" for k, v in env), datum_id=record.datum.id)
+        while True:
+            record = job.queue.take()
+            if record is None:
+                self._show_nothing()
+                if job.check_finished():
+                    return Reply(env=(), done=True)
+                # Other workers still run datums, and a failed one comes back to the queue:
+                # "no more datums" would be premature, so the call waits.
+                await job.wait_for_work()
+                if job.closed:
+                    raise WorkerGone("the job is over: pfsmount is shutting down")
+                if generation != self._generation:
+                    raise WorkerGone("this user process is being stopped")
+                continue
+            self._taking = record
+            try:
+                env = await self._present(record)
+            except OSError as exc:
+                if self._shown(record):
+                    raise
+                # Its staging directory could not be made (a full or read-only disk): an
+                # attempt that failed, so a lasting cause ends in FAILED datums, not a loop.
+                await self._unpreparable(record, exc)
+                continue
+            except BaseException:
+                if not self._shown(record):
+                    job.retry(record)  # never shown: it goes back first in line, not missing
+                raise
+            finally:
+                self._taking = None
+            return Reply(env=tuple(f"{k}={v}" for k, v in env), datum_id=record.datum.id)
+
+    def _shown(self, record: DatumRecord) -> bool:
+        return self._current is not None and self._current.record is record
+
+    async def _unpreparable(self, record: DatumRecord, exc: OSError) -> None:
+        job = self._job
+        record.attempts += 1
+        self.attempts += 1
+        error = f"could not prepare the datum's /pfs: {exc}"
+        if record.attempts < job.tries:
+            record.error = message(error)
+            job.retry(record)
+            log.warning("datum %s attempt %d of %d failed: %s; trying again",
+                        record.datum.id[:12], record.attempts, job.tries, error)
+        else:
+            await job.finish(record, DatumState.FAILED, error)
 
     async def _present(self, record: DatumRecord) -> list[tuple[str, str]]:
         # Building a large view must not stall the file system: it runs in a thread (ahead
