@@ -22,7 +22,6 @@ import pyfuse3
 log = logging.getLogger(__name__)
 
 
-
 class KernelNotifier:
     """An ordered queue of cache invalidations, sent by one daemon thread."""
 

@@ -550,17 +550,10 @@ class Worker:
         return self._current is not None and self._current.record is record
 
     async def _unpreparable(self, record: DatumRecord, exc: OSError) -> None:
-        job = self._job
         record.attempts += 1
         self.attempts += 1
-        error = f"could not prepare the datum's /pfs: {exc}"
-        if record.attempts < job.tries:
-            record.error = message(error)
-            job.retry(record)
-            log.warning("datum %s attempt %d of %d failed: %s; trying again",
-                        record.datum.id[:12], record.attempts, job.tries, error)
-        else:
-            await job.finish(record, DatumState.FAILED, error)
+        record.error = message(f"could not prepare the datum's /pfs: {exc}")
+        await self._retry_or_fail(record)
 
     async def _present(self, record: DatumRecord) -> list[tuple[str, str]]:
         # Building a large view must not stall the file system: it runs in a thread (ahead
@@ -667,12 +660,18 @@ class Worker:
         await trio.to_thread.run_sync(job.output.discard, cur.out.staging)
         if recovered:
             await job.finish(record, DatumState.RECOVERED, error)
-        elif record.attempts < job.tries:
+        else:
+            await self._retry_or_fail(record)
+
+    async def _retry_or_fail(self, record: DatumRecord) -> None:
+        """An attempt of `record` failed (`record.error` says why): again, or FAILED."""
+        job = self._job
+        if record.attempts < job.tries:
             job.retry(record)  # Pachyderm retries a datum right away
             log.warning("datum %s attempt %d of %d failed: %s; trying again",
-                        record.datum.id[:12], record.attempts, job.tries, error)
+                        record.datum.id[:12], record.attempts, job.tries, record.error)
         else:
-            await job.finish(record, DatumState.FAILED, error)
+            await job.finish(record, DatumState.FAILED, record.error)
 
 
 class Bridge:
