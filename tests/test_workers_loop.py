@@ -7,6 +7,8 @@ staging directories are real files. Handlers are awaited directly (pytest-trio).
 from __future__ import annotations
 
 import os
+import threading
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -317,6 +319,47 @@ async def test_a_datum_that_cannot_be_prepared_fails_its_attempts_and_the_job_go
     assert "could not prepare the datum's /pfs" in failed[0].error
     assert "No space left on device" in failed[0].error
     assert loop.count(DatumState.SUCCESS) == 2 and loop.finished.is_set()
+
+
+async def test_flushes_at_once_never_release_a_datum_before_its_failure_is_applied(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The committer's flush and the job's last one overlapped (seen with a full disk): the
+    # last one drained the ids the first had committed, released a datum whose commit had
+    # failed before the first applied that failure, and the job died with a KeyError.
+    loop, _ = _loop(tmp_path, ["a"])
+    (record,) = loop.records
+    loop.queue.set_state(record, DatumState.SUCCESS)  # staged; its commit is what fails
+    committed: list[str] = []
+    order = threading.Lock()
+    calls = 0
+
+    class Output:
+        pending = True
+
+        def flush(self) -> list[tuple[str, str]]:
+            nonlocal calls
+            with order:
+                calls += 1
+                first = calls == 1
+                if first:
+                    time.sleep(0.1)
+                    committed.append(record.datum.id)
+            if first:
+                time.sleep(0.1)  # the other flush's thread returns first
+                return [(record.datum.id, "could not commit its output: disk full")]
+            return []
+
+        def drain_committed(self) -> list[str]:
+            done = list(committed)
+            committed.clear()
+            return done
+
+    monkeypatch.setattr(loop, "output", Output())
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(loop.flush)
+        await trio.sleep(0.02)
+        nursery.start_soon(loop.flush)
+    assert record.state is DatumState.FAILED and "disk full" in record.error
 
 
 async def test_a_paused_worker_stops_waiting_for_work(tmp_path: Path) -> None:

@@ -189,6 +189,9 @@ class DatumLoop:
         if not listing:
             self.listing_ended.set()
         self._work_changed = trio.Event()  # a retry came back, the job finished or closed
+        # One flush at a time, from its commit to its bookkeeping: the ids a flush drains
+        # may be another flush's, whose failures must be applied before they are released.
+        self._flushing = trio.Lock()
         self.workers = [Worker(w, self) for w in range(workers)]
 
     def configure(
@@ -379,6 +382,10 @@ class DatumLoop:
 
     async def flush(self) -> None:
         """Group-commit the datums that ended since the last flush."""
+        async with self._flushing:
+            await self._flush()
+
+    async def _flush(self) -> None:
         if not self.output.pending:
             return
         for datum_id, error in await trio.to_thread.run_sync(self.output.flush):
